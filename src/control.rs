@@ -1,0 +1,295 @@
+//! The command interface shared by `ssh access@bastion CMD` and
+//! `postern ctl CMD`: parse an argument vector, run the verb, and render
+//! the answer for people or, with `--json`, as one JSON value.
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::access::{self, Caller, Grant, NewRequest, Request};
+use crate::app::App;
+use crate::ca::now_secs;
+
+/// What a verb answers: text for stdout and stderr and an exit status.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: u32,
+}
+
+impl Reply {
+    fn ok(stdout: String) -> Reply {
+        Reply {
+            stdout,
+            ..Reply::default()
+        }
+    }
+    fn err(status: u32, msg: impl std::fmt::Display) -> Reply {
+        Reply {
+            stderr: format!("postern: {msg}\n"),
+            status,
+            ..Reply::default()
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "access", no_binary_name = true, disable_version_flag = true)]
+struct Cli {
+    /// Print one JSON value instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+enum Verb {
+    /// Ask for a role for a while.
+    Request {
+        role: String,
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, value_name = "SEL")]
+        targets: Option<String>,
+    },
+    /// List requests you may see.
+    Requests {
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve a request.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a request (final).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Print the OpenSSH certificate for an approved request.
+    Cert { id: String },
+    /// List grants.
+    Grants,
+    /// Revoke a grant.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reload policies (admins).
+    Reload,
+}
+
+/// Run one command line (already split into words) for `caller`.
+pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let text = e.render().to_string();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Reply {
+                    stdout: text,
+                    status: if e.kind() == clap::error::ErrorKind::DisplayHelp { 0 } else { 2 },
+                    ..Reply::default()
+                },
+                _ => Reply {
+                    stderr: text,
+                    status: 2,
+                    ..Reply::default()
+                },
+            };
+        }
+    };
+    let json = cli.json;
+    let result = match cli.verb {
+        Verb::Request {
+            role,
+            duration,
+            reason,
+            targets,
+        } => access::request(
+            app,
+            caller,
+            NewRequest {
+                role: &role,
+                duration: duration.as_deref(),
+                reason: reason.as_deref(),
+                targets: targets.as_deref(),
+            },
+        )
+        .map(|r| render_request(&r, json, true)),
+        Verb::Requests { pending } => access::visible_requests(app, caller, pending).map(|rs| {
+            if json {
+                to_line(&Value::Array(rs.iter().map(request_json).collect()))
+            } else if rs.is_empty() {
+                "no requests\n".into()
+            } else {
+                rs.iter().map(|r| render_request(r, false, false)).collect()
+            }
+        }),
+        Verb::Approve { id, comment } => {
+            access::approve(app, caller, &id, comment.as_deref()).map(|r| render_request(&r, json, true))
+        }
+        Verb::Deny { id, reason } => access::deny(app, caller, &id, &reason).map(|r| render_request(&r, json, true)),
+        Verb::Cert { id } => access::certificate(app, caller, &id).map(|(g, cert)| {
+            if json {
+                let mut v = grant_json(&g);
+                v["certificate"] = Value::String(cert);
+                to_line(&v)
+            } else {
+                format!("{cert}\n")
+            }
+        }),
+        Verb::Grants => access::visible_grants(app, caller).map(|gs| {
+            if json {
+                to_line(&Value::Array(gs.iter().map(grant_json).collect()))
+            } else if gs.is_empty() {
+                "no grants\n".into()
+            } else {
+                gs.iter().map(render_grant).collect()
+            }
+        }),
+        Verb::Revoke { id, reason } => access::revoke(app, caller, &id, &reason).map(|g| {
+            if json {
+                to_line(&grant_json(&g))
+            } else {
+                format!("{} revoked\n", g.id)
+            }
+        }),
+        Verb::Reload => {
+            if !caller.is_admin() {
+                Err(access::AccessError::AdminOnly)
+            } else {
+                app.reload_policy()
+                    .map(|n| format!("policy reloaded: {n} roles\n"))
+                    .map_err(|e| access::AccessError::Internal(e.to_string()))
+            }
+        }
+    };
+    match result {
+        Ok(out) => Reply::ok(out),
+        Err(e) => {
+            tracing::info!(caller = %caller.name, error = %e, "command refused");
+            Reply::err(1, escape(&e.to_string()))
+        }
+    }
+}
+
+fn to_line(v: &Value) -> String {
+    format!("{v}\n")
+}
+
+fn request_json(r: &Request) -> Value {
+    json!({
+        "id": r.id,
+        "state": r.state,
+        "user": r.user,
+        "role": r.role,
+        "reason": r.reason,
+        "duration_secs": r.duration_secs,
+        "targets": r.targets,
+        "created": r.created,
+        "approvals": r.approvals.iter().map(|a| json!({"by": a.by, "at": a.at, "comment": a.text})).collect::<Vec<_>>(),
+        "denial": r.denial.as_ref().map(|d| json!({"by": d.by, "at": d.at, "reason": d.text})),
+        "grant": r.grant,
+    })
+}
+
+fn grant_json(g: &Grant) -> Value {
+    json!({
+        "id": g.id,
+        "request": g.request,
+        "user": g.user,
+        "role": g.role,
+        "logins": g.logins,
+        "targets": g.targets,
+        "start": g.start,
+        "end": g.end,
+        "serial": g.serial,
+        "state": g.state(now_secs()),
+        "revoked": g.revoked.as_ref().map(|d| json!({"by": d.by, "at": d.at, "reason": d.text})),
+    })
+}
+
+fn render_request(r: &Request, json: bool, hint: bool) -> String {
+    if json {
+        return to_line(&request_json(r));
+    }
+    let mut s = format!(
+        "{}  {}  {}  role={}  for={}  reason=\"{}\"",
+        r.id,
+        r.state.as_str(),
+        escape(&r.user),
+        escape(&r.role),
+        humantime::format_duration(std::time::Duration::from_secs(r.duration_secs)),
+        escape(&r.reason),
+    );
+    if !r.approvals.is_empty() {
+        let by: Vec<String> = r.approvals.iter().map(|a| escape(&a.by)).collect();
+        s.push_str(&format!("  approved-by={}", by.join(",")));
+    }
+    if let Some(d) = &r.denial {
+        s.push_str(&format!(
+            "  denied-by={} (\"{}\")",
+            escape(&d.by),
+            escape(d.text.as_deref().unwrap_or(""))
+        ));
+    }
+    s.push('\n');
+    if hint {
+        if let Some(g) = &r.grant {
+            s.push_str(&format!(
+                "approved: grant {g}; fetch the certificate with: ssh access@bastion cert {} > ~/.ssh/id_ed25519-cert.pub\n",
+                r.id
+            ));
+        }
+    }
+    s
+}
+
+fn render_grant(g: &Grant) -> String {
+    let now = now_secs();
+    let left = g.end.saturating_sub(now.max(g.start));
+    format!(
+        "{}  {}  {}  role={}  request={}  left={}\n",
+        g.id,
+        g.state(now),
+        escape(&g.user),
+        escape(&g.role),
+        g.request,
+        humantime::format_duration(std::time::Duration::from_secs(left)),
+    )
+}
+
+/// Make user-supplied text safe to print on someone else's terminal:
+/// control characters (escape sequences among them) become visible escapes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_neutralises_terminal_sequences() {
+        let e = escape("ok\x1b]0;pwned\x07\r\nnext\u{202e}");
+        assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+        assert!(e.contains("\\u{1b}"));
+        assert!(e.starts_with("ok"));
+    }
+}

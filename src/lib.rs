@@ -1,0 +1,32 @@
+//! postern: an SSH bastion for temporary, approved, recorded production
+//! access.
+//!
+//! # Layout
+//! - [`config`]: `postern.toml`, defaults and clear errors.
+//! - [`policy`]: users, targets and roles from `policies/*.toml`.
+//! - [`ca`]: key files, issuing user certificates, checking presented ones.
+//! - [`store`]: the only module that talks to sled.
+//! - [`access`]: requests → approvals → grants → certificates.
+//! - [`control`]: the verbs shared by `ssh access@bastion` and `postern ctl`.
+//! - [`socket`]: the local control socket behind `postern ctl`.
+//! - [`app`]: the shared state of a running bastion.
+//! - [`server`]: the user-facing russh server (authentication, channels).
+//! - [`session`]: one session channel: listing, gate, or proxied session.
+//! - [`upstream`]: the target-facing russh client with pinned host keys.
+//! - [`forward`]: local port-forwards.
+//! - [`gate`]: the read-only command gate.
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod app;
+pub mod ca;
+pub mod config;
+pub mod control;
+pub mod forward;
+pub mod gate;
+pub mod policy;
+pub mod server;
+pub mod session;
+pub mod socket;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,175 @@
+//! The `postern` binary: parse arguments, load and check configuration
+//! (exit 64 on bad config, before binding anything), then serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use postern::app::App;
+use postern::config::{Config, DEFAULT_FILE};
+
+#[derive(Parser)]
+#[command(name = "postern", version, about = "SSH bastion for temporary, approved, recorded production access")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create host key, user CA, target identity key and postern.toml (never overwrites).
+    Init {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the bastion.
+    Serve {
+        #[arg(long, default_value = DEFAULT_FILE)]
+        config: PathBuf,
+    },
+    /// Run a verb on the running bastion through its control socket.
+    Ctl {
+        #[arg(long, default_value = DEFAULT_FILE)]
+        config: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
+/// sysexits: configuration error.
+const EX_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init { dir } => match postern::app::init(&dir) {
+            Ok(made) => {
+                for m in made {
+                    println!("created {}", dir.join(m).display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postern: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => serve(config),
+        Command::Ctl { config, args } => ctl(config, args),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("postern: cannot start runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn serve(config: PathBuf) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let app = match App::open(config) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(app.config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("postern: cannot listen on {}: {e}", app.config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let socket = match postern::socket::bind(&app.config.control_socket) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("postern: control socket {}: {e}", app.config.control_socket.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "postern listening");
+        println!("postern listening on {addr}");
+        tokio::spawn(postern::socket::serve(app.clone(), socket));
+        let reload_app = app.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match reload_app.reload_policy() {
+                    Ok(n) => tracing::info!(roles = n, "policy reloaded"),
+                    Err(e) => tracing::warn!("policy reload failed, keeping the old policy: {e}"),
+                }
+            }
+        });
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("postern: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            r = postern::server::run(app.clone(), listener) => {
+                if let Err(e) = r {
+                    eprintln!("postern: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        }
+        let _ = std::fs::remove_file(&app.config.control_socket);
+        ExitCode::SUCCESS
+    })
+}
+
+fn ctl(config: PathBuf, args: Vec<String>) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(postern::socket::call(&config.control_socket, &args)) {
+        Ok(reply) => {
+            print!("{}", reply.stdout);
+            eprint!("{}", reply.stderr);
+            ExitCode::from(u8::try_from(reply.status).unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!(
+                "postern: cannot reach the server on {}: {e} (is `postern serve` running?)",
+                config.control_socket.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The user-facing leg: the russh server. Callbacks stay thin: they decide
+//! authentication and hand each accepted channel to its own task
+//! ([`crate::session`], [`crate::forward`]), which owns and drains it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::Certificate;
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+
+use crate::access::{Caller, Grant};
+use crate::app::App;
+use crate::ca::{self, now_secs};
+use crate::store::GRANTS;
+
+/// The login used for the control plane (`ssh access@bastion VERB`).
+pub const ACCESS_LOGIN: &str = "access";
+
+/// Who a connection authenticated as.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// A policy user on the control plane.
+    Access(Caller),
+    /// A certificate holder using a grant.
+    Grant(GrantLogin),
+}
+
+/// A certificate login bound to its grant.
+#[derive(Debug, Clone)]
+pub struct GrantLogin {
+    pub grant: Grant,
+    pub login: String,
+    pub key_id: String,
+    pub port_forwarding: bool,
+}
+
+/// Server settings that matter, in one commented place.
+pub fn server_config(app: &App) -> server::Config {
+    server::Config {
+        // Only public keys and certificates; no passwords, ever.
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // Constant-time rejections, but the client's first "none" probe
+        // is answered at once so logins stay fast.
+        auth_rejection_time: Duration::from_millis(500),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        keys: vec![app.host_key.clone()],
+        // Interactive keystrokes must not wait for Nagle.
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 32768,
+        max_auth_attempts: 6,
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        ..server::Config::default()
+    }
+}
+
+/// Accept connections on `listener` until the process ends.
+pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
+    let config = Arc::new(server_config(&app));
+    loop {
+        let (socket, peer) = listener.accept().await?;
+        let app = app.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let handler = Connection::new(app, Some(peer));
+            match server::run_stream(config, socket, handler).await {
+                Ok(running) => {
+                    if let Err(e) = running.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Per-connection handler state.
+pub struct Connection {
+    /// Shared server state.
+    app: Arc<App>,
+    /// Client address, for `source-address` and logs.
+    peer: Option<SocketAddr>,
+    /// Set once authentication succeeds; read by channel tasks.
+    identity: Option<Identity>,
+}
+
+impl Connection {
+    pub fn new(app: Arc<App>, peer: Option<SocketAddr>) -> Connection {
+        Connection {
+            app,
+            peer,
+            identity: None,
+        }
+    }
+
+    fn refuse(&self, user: &str, why: &str) -> Auth {
+        tracing::info!(peer = ?self.peer, user, why, "login refused");
+        Auth::reject()
+    }
+
+    /// The grant behind a certificate, if it is live and bound to this key.
+    fn grant_for(&self, cert: &Certificate) -> Result<Grant, String> {
+        let id = self
+            .app
+            .store
+            .grant_for_serial(cert.serial())
+            .map_err(|e| e.to_string())?
+            .ok_or("serial maps to no grant")?;
+        let grant: Grant = self
+            .app
+            .store
+            .get(GRANTS, &id)
+            .map_err(|e| e.to_string())?
+            .ok_or("serial maps to no grant")?;
+        let now = now_secs();
+        if !grant.live_at(now) {
+            return Err(format!("grant {} is {}", grant.id, grant.state(now)));
+        }
+        let key = russh::keys::PublicKey::from_openssh(&grant.key).map_err(|e| e.to_string())?;
+        if key.key_data() != cert.public_key() {
+            return Err(format!("grant {} was issued for another key", grant.id));
+        }
+        Ok(grant)
+    }
+}
+
+impl server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        if user == ACCESS_LOGIN && self.app.policy().user_by_key(offer.public_key).is_none() {
+            return Ok(self.refuse(user, "key is not enrolled"));
+        }
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        if user != ACCESS_LOGIN {
+            return Ok(self.refuse(user, "plain keys only log in as access; use your certificate"));
+        }
+        let policy = self.app.policy();
+        let Some(u) = policy.user_by_key(key.public_key) else {
+            return Ok(self.refuse(user, "key is not enrolled"));
+        };
+        tracing::info!(peer = ?self.peer, user = %u.name, "control-plane login");
+        self.identity = Some(Identity::Access(Caller {
+            name: u.name.clone(),
+            groups: u.groups.clone(),
+            key: Some(key.public_key.clone()),
+        }));
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
+        if user == ACCESS_LOGIN {
+            return Ok(self.refuse(user, "the control plane takes enrolled keys, not certificates"));
+        }
+        let client_ip = self.peer.map(|p| p.ip());
+        if let Err(why) = ca::check_certificate(cert, self.app.ca_public(), user, client_ip, now_secs()) {
+            return Ok(self.refuse(user, &format!("certificate {why}")));
+        }
+        let grant = match self.grant_for(cert) {
+            Ok(g) => g,
+            Err(why) => return Ok(self.refuse(user, &why)),
+        };
+        if !grant.logins.iter().any(|l| l == user) {
+            return Ok(self.refuse(user, "login is not one of the grant's logins"));
+        }
+        tracing::info!(peer = ?self.peer, user = %grant.user, login = user, grant = %grant.id, "certificate login");
+        self.identity = Some(Identity::Grant(GrantLogin {
+            login: user.to_string(),
+            key_id: cert.key_id().to_string(),
+            port_forwarding: cert.extensions().contains_key("permit-port-forwarding"),
+            grant,
+        }));
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(identity) = self.identity.clone() else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let ctx = crate::session::Context {
+            app: self.app.clone(),
+            identity,
+            peer: self.peer,
+            handle: session.handle(),
+        };
+        tokio::spawn(crate::session::serve(channel, ctx));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(Identity::Grant(login)) = &self.identity else {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        let policy = self.app.policy();
+        match crate::forward::check(&policy, login, host_to_connect, port_to_connect) {
+            Ok(dest) => {
+                tracing::info!(grant = %login.grant.id, %dest, "forward opened");
+                reply.accept().await;
+                tokio::spawn(crate::forward::run(channel, dest, self.app.config.connect_timeout));
+            }
+            Err(why) => {
+                tracing::info!(grant = %login.grant.id, host = host_to_connect, port = port_to_connect, %why, "forward refused");
+                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+        tracing::info!(address, port = *port, "remote forward (-R) refused");
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
+        tracing::info!(socket_path, "remote streamlocal forward refused");
+        Ok(false)
+    }
+
+    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        tracing::info!("agent forwarding refused");
+        Ok(false)
+    }
+}
