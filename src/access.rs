@@ -117,7 +117,11 @@ pub enum AccessError {
     #[error("you may not request role {0:?} (requestable by: {1})")]
     NotRequestable(String, String),
     #[error("--for {asked} is longer than role {role:?} allows (max_ttl {max})")]
-    TooLong { role: String, asked: String, max: String },
+    TooLong {
+        role: String,
+        asked: String,
+        max: String,
+    },
     #[error("bad duration {0:?}: {1}")]
     BadDuration(String, String),
     #[error("a reason is required (--reason TEXT)")]
@@ -155,7 +159,10 @@ fn parse_duration(s: &str) -> Result<Duration, AccessError> {
 }
 
 fn role<'p>(policy: &'p Policy, name: &str) -> Result<&'p Role, AccessError> {
-    policy.roles.get(name).ok_or_else(|| AccessError::UnknownRole(name.to_string()))
+    policy
+        .roles
+        .get(name)
+        .ok_or_else(|| AccessError::UnknownRole(name.to_string()))
 }
 
 /// A request as the requester filed it.
@@ -171,9 +178,16 @@ pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Reques
     let key = caller.key.as_ref().ok_or(AccessError::NeedsKey)?;
     let role = role(&policy, new.role)?;
     if !role.requestable_by.iter().any(|g| caller.in_group(g)) {
-        return Err(AccessError::NotRequestable(role.name.clone(), role.requestable_by.join(", ")));
+        return Err(AccessError::NotRequestable(
+            role.name.clone(),
+            role.requestable_by.join(", "),
+        ));
     }
-    let reason = new.reason.map(str::trim).filter(|r| !r.is_empty()).ok_or(AccessError::NoReason)?;
+    let reason = new
+        .reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .ok_or(AccessError::NoReason)?;
     let duration = match new.duration {
         Some(d) => parse_duration(d)?,
         None => role.default_ttl,
@@ -187,10 +201,17 @@ pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Reques
     }
     let targets: Vec<String> = new
         .targets
-        .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|t| {
+            t.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if policy.targets_for(role, &targets).is_empty() {
-        return Err(AccessError::NoTargets(new.targets.unwrap_or("").to_string()));
+        return Err(AccessError::NoTargets(
+            new.targets.unwrap_or("").to_string(),
+        ));
     }
     let id = app.store.new_id(REQUESTS, "req")?;
     let mut req = Request {
@@ -205,7 +226,9 @@ pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Reques
         approvals: Vec::new(),
         denial: None,
         grant: None,
-        key: key.to_openssh().map_err(|e| AccessError::Internal(e.to_string()))?,
+        key: key
+            .to_openssh()
+            .map_err(|e| AccessError::Internal(e.to_string()))?,
     };
     if role.approvals_required == 0 {
         grant_request(app, role, &mut req)?;
@@ -220,7 +243,9 @@ pub fn load_request(app: &App, id: &str) -> Result<Request, AccessError> {
         .store
         .get(REQUESTS, id)?
         .ok_or_else(|| AccessError::UnknownId(id.to_string()))?;
-    if req.state == RequestState::Pending && now_secs() >= req.created + app.config.request_ttl.as_secs() {
+    if req.state == RequestState::Pending
+        && now_secs() >= req.created + app.config.request_ttl.as_secs()
+    {
         req.state = RequestState::Expired;
         app.store.put(REQUESTS, &req.id, &req)?;
     }
@@ -235,7 +260,10 @@ fn may_decide(policy: &Policy, caller: &Caller, req: &Request) -> Result<(), Acc
     if caller.is_admin() || role.approvals_from.iter().any(|g| caller.in_group(g)) {
         Ok(())
     } else {
-        Err(AccessError::NotApprover(role.name.clone(), role.approvals_from.join(", ")))
+        Err(AccessError::NotApprover(
+            role.name.clone(),
+            role.approvals_from.join(", "),
+        ))
     }
 }
 
@@ -254,12 +282,20 @@ impl RequestState {
     }
 }
 
-pub fn approve(app: &App, caller: &Caller, id: &str, comment: Option<&str>) -> Result<Request, AccessError> {
+pub fn approve(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    comment: Option<&str>,
+) -> Result<Request, AccessError> {
     let policy = app.policy();
     let mut req = load_request(app, id)?;
     may_decide(&policy, caller, &req)?;
     if req.state != RequestState::Pending {
-        return Err(AccessError::NotPending(req.id.clone(), state_name(req.state)));
+        return Err(AccessError::NotPending(
+            req.id.clone(),
+            state_name(req.state),
+        ));
     }
     if req.approvals.iter().any(|a| a.by == caller.name) {
         return Err(AccessError::AlreadyApproved(req.id.clone()));
@@ -282,7 +318,10 @@ pub fn deny(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Reques
     let mut req = load_request(app, id)?;
     may_decide(&policy, caller, &req)?;
     if req.state != RequestState::Pending {
-        return Err(AccessError::NotPending(req.id.clone(), state_name(req.state)));
+        return Err(AccessError::NotPending(
+            req.id.clone(),
+            state_name(req.state),
+        ));
     }
     let reason = reason.trim();
     if reason.is_empty() {
@@ -324,7 +363,11 @@ fn grant_request(app: &App, role: &Role, req: &mut Request) -> Result<(), Access
 
 /// Requests the caller may see: their own, those they may decide, or all
 /// for admins and auditors.
-pub fn visible_requests(app: &App, caller: &Caller, pending_only: bool) -> Result<Vec<Request>, AccessError> {
+pub fn visible_requests(
+    app: &App,
+    caller: &Caller,
+    pending_only: bool,
+) -> Result<Vec<Request>, AccessError> {
     let policy = app.policy();
     let ids: Vec<Request> = app.store.all(REQUESTS)?;
     let mut out = Vec::new();
@@ -367,14 +410,18 @@ pub fn certificate(app: &App, caller: &Caller, id: &str) -> Result<(Grant, Strin
     }
     let now = now_secs();
     if grant.revoked.is_some() || now >= grant.end {
-        return Err(AccessError::GrantNotLive(grant.id.clone(), grant.state(now).into()));
+        return Err(AccessError::GrantNotLive(
+            grant.id.clone(),
+            grant.state(now).into(),
+        ));
     }
     if let Some(c) = &grant.cert {
         return Ok((grant.clone(), c.clone()));
     }
     let policy = app.policy();
     let role = role(&policy, &grant.role)?;
-    let key = PublicKey::from_openssh(&grant.key).map_err(|e| AccessError::Internal(e.to_string()))?;
+    let key =
+        PublicKey::from_openssh(&grant.key).map_err(|e| AccessError::Internal(e.to_string()))?;
     let cert = ca::issue(
         &app.ca,
         &CertRequest {
@@ -388,7 +435,9 @@ pub fn certificate(app: &App, caller: &Caller, id: &str) -> Result<(Grant, Strin
         },
     )
     .map_err(AccessError::Internal)?;
-    let text = cert.to_openssh().map_err(|e| AccessError::Internal(e.to_string()))?;
+    let text = cert
+        .to_openssh()
+        .map_err(|e| AccessError::Internal(e.to_string()))?;
     grant.cert = Some(text.clone());
     app.store.put(GRANTS, &grant.id, &grant)?;
     Ok((grant, text))

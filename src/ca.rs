@@ -49,8 +49,13 @@ pub fn write_key_if_absent(path: &Path, comment: &str) -> Result<bool, KeyError>
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     }
     let key = generate_key(comment);
-    let pem = key.to_openssh(LineEnding::LF).map_err(|e| fail(e.to_string()))?;
-    let public = key.public_key().to_openssh().map_err(|e| fail(e.to_string()))?;
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| fail(e.to_string()))?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| fail(e.to_string()))?;
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -60,7 +65,8 @@ pub fn write_key_if_absent(path: &Path, comment: &str) -> Result<bool, KeyError>
             .mode(0o600)
             .open(path)
             .map_err(|e| fail(e.to_string()))?;
-        f.write_all(pem.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        f.write_all(pem.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
     }
     let pub_path = path.with_extension(match path.extension() {
         Some(x) => format!("{}.pub", x.to_string_lossy()),
@@ -191,7 +197,10 @@ pub fn check_certificate(
 /// `source-address` is a comma-separated list of addresses or CIDR blocks.
 pub fn source_address_allows(list: &str, ip: IpAddr) -> bool {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     list.split(',').any(|entry| {
@@ -257,7 +266,10 @@ mod tests {
             permit_port_forwarding: false,
         };
         let cert = issue(&ca, &req).expect("issue");
-        assert_eq!(check_certificate(&cert, ca.public_key(), "qa", None, now), Ok(()));
+        assert_eq!(
+            check_certificate(&cert, ca.public_key(), "qa", None, now),
+            Ok(())
+        );
         assert_eq!(
             check_certificate(&cert, ca.public_key(), "root", None, now),
             Err(CertRefusal::WrongPrincipal("root".into()))

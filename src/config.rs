@@ -92,7 +92,8 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err(crate::policy::toml_error(text, &e)))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(crate::policy::toml_error(text, &e)))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -110,12 +111,14 @@ impl Config {
         let listen = listen_text
             .parse()
             .map_err(|e| err(format!("listen = {listen_text:?}: {e} (want host:port)")))?;
-        let duration = |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(&s).map_err(|e| err(format!("{key} = {s:?}: {e}"))),
-            }
-        };
+        let duration =
+            |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => humantime::parse_duration(&s)
+                        .map_err(|e| err(format!("{key} = {s:?}: {e}"))),
+                }
+            };
         Ok(Config {
             listen,
             data_dir: resolve(raw.data_dir, "data"),
@@ -125,8 +128,16 @@ impl Config {
             user_ca: resolve(raw.user_ca, "hostkeys/user_ca"),
             target_key: resolve(raw.target_key, "hostkeys/target_ed25519"),
             control_socket: resolve(raw.control_socket, "data/postern.sock"),
-            request_ttl: duration("request_ttl", raw.request_ttl, Duration::from_secs(24 * 3600))?,
-            connect_timeout: duration("connect_timeout", raw.connect_timeout, Duration::from_secs(10))?,
+            request_ttl: duration(
+                "request_ttl",
+                raw.request_ttl,
+                Duration::from_secs(24 * 3600),
+            )?,
+            connect_timeout: duration(
+                "connect_timeout",
+                raw.connect_timeout,
+                Duration::from_secs(10),
+            )?,
         })
     }
 }
@@ -137,7 +148,8 @@ mod tests {
 
     #[test]
     fn defaults_resolve_against_the_file_folder() {
-        let c = Config::parse("", Path::new("/etc/postern/postern.toml")).expect("empty config is valid");
+        let c = Config::parse("", Path::new("/etc/postern/postern.toml"))
+            .expect("empty config is valid");
         assert_eq!(c.data_dir, Path::new("/etc/postern/data"));
         assert_eq!(c.listen.port(), 2222);
         assert_eq!(c.request_ttl, Duration::from_secs(86400));
@@ -154,7 +166,8 @@ mod tests {
 
     #[test]
     fn bad_listen_is_named() {
-        let e = Config::parse("listen = \"nowhere\"", Path::new("p.toml")).expect_err("bad address");
+        let e =
+            Config::parse("listen = \"nowhere\"", Path::new("p.toml")).expect_err("bad address");
         assert!(e.to_string().contains("listen"), "{e}");
     }
 }

@@ -50,8 +50,9 @@ enum Verb {
         role: String,
         #[arg(long = "for", value_name = "DURATION")]
         duration: Option<String>,
-        #[arg(long)]
-        reason: Option<String>,
+        /// Why; the words after --reason are joined, so quoting is optional.
+        #[arg(long, num_args = 1..)]
+        reason: Option<Vec<String>>,
         #[arg(long, value_name = "SEL")]
         targets: Option<String>,
     },
@@ -63,14 +64,14 @@ enum Verb {
     /// Approve a request.
     Approve {
         id: String,
-        #[arg(long)]
-        comment: Option<String>,
+        #[arg(long, num_args = 1..)]
+        comment: Option<Vec<String>>,
     },
     /// Deny a request (final).
     Deny {
         id: String,
-        #[arg(long)]
-        reason: String,
+        #[arg(long, num_args = 1..)]
+        reason: Vec<String>,
     },
     /// Print the OpenSSH certificate for an approved request.
     Cert { id: String },
@@ -79,8 +80,8 @@ enum Verb {
     /// Revoke a grant.
     Revoke {
         id: String,
-        #[arg(long)]
-        reason: String,
+        #[arg(long, num_args = 1..)]
+        reason: Vec<String>,
     },
     /// Reload policies (admins).
     Reload,
@@ -93,9 +94,14 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
         Err(e) => {
             let text = e.render().to_string();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Reply {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Reply {
                     stdout: text,
-                    status: if e.kind() == clap::error::ErrorKind::DisplayHelp { 0 } else { 2 },
+                    status: if e.kind() == clap::error::ErrorKind::DisplayHelp {
+                        0
+                    } else {
+                        2
+                    },
                     ..Reply::default()
                 },
                 _ => Reply {
@@ -119,7 +125,7 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             NewRequest {
                 role: &role,
                 duration: duration.as_deref(),
-                reason: reason.as_deref(),
+                reason: reason.map(|r| r.join(" ")).as_deref(),
                 targets: targets.as_deref(),
             },
         )
@@ -134,9 +140,11 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             }
         }),
         Verb::Approve { id, comment } => {
-            access::approve(app, caller, &id, comment.as_deref()).map(|r| render_request(&r, json, true))
+            access::approve(app, caller, &id, comment.map(|c| c.join(" ")).as_deref())
+                .map(|r| render_request(&r, json, true))
         }
-        Verb::Deny { id, reason } => access::deny(app, caller, &id, &reason).map(|r| render_request(&r, json, true)),
+        Verb::Deny { id, reason } => access::deny(app, caller, &id, &reason.join(" "))
+            .map(|r| render_request(&r, json, true)),
         Verb::Cert { id } => access::certificate(app, caller, &id).map(|(g, cert)| {
             if json {
                 let mut v = grant_json(&g);
@@ -155,13 +163,15 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
                 gs.iter().map(render_grant).collect()
             }
         }),
-        Verb::Revoke { id, reason } => access::revoke(app, caller, &id, &reason).map(|g| {
-            if json {
-                to_line(&grant_json(&g))
-            } else {
-                format!("{} revoked\n", g.id)
-            }
-        }),
+        Verb::Revoke { id, reason } => {
+            access::revoke(app, caller, &id, &reason.join(" ")).map(|g| {
+                if json {
+                    to_line(&grant_json(&g))
+                } else {
+                    format!("{} revoked\n", g.id)
+                }
+            })
+        }
         Verb::Reload => {
             if !caller.is_admin() {
                 Err(access::AccessError::AdminOnly)
@@ -272,7 +282,9 @@ fn render_grant(g: &Grant) -> String {
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+        if c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
             out.push_str(&c.escape_unicode().to_string());
         } else {
             out.push(c);

@@ -28,9 +28,13 @@ pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Resu
     // A name that is a target resolves to that target's host.
     let dest = match policy.target(host) {
         Some(t) => {
-            let (thost, tport) = split_host_port(&t.address).ok_or("target address is not host:port")?;
+            let (thost, tport) =
+                split_host_port(&t.address).ok_or("target address is not host:port")?;
             if tport == port {
-                return Err(format!("{wanted} is target {}'s sshd; use the bastion, not a jump", t.name));
+                return Err(format!(
+                    "{wanted} is target {}'s sshd; use the bastion, not a jump",
+                    t.name
+                ));
             }
             if thost.contains(':') {
                 format!("[{thost}]:{port}")
@@ -41,7 +45,9 @@ pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Resu
         None => wanted.clone(),
     };
     if policy.targets.iter().any(|t| t.address == dest) {
-        return Err(format!("{wanted} is a target's sshd; use the bastion, not a jump"));
+        return Err(format!(
+            "{wanted} is a target's sshd; use the bastion, not a jump"
+        ));
     }
     Ok(dest)
 }

@@ -62,7 +62,11 @@ impl CommandPattern {
         match tokens.first() {
             None => return Err(PatternError::Empty),
             Some(Token::Literal(_)) => {}
-            Some(_) => return Err(PatternError::CommandNotLiteral(s.split_whitespace().next().unwrap_or("").into())),
+            Some(_) => {
+                return Err(PatternError::CommandNotLiteral(
+                    s.split_whitespace().next().unwrap_or("").into(),
+                ))
+            }
         }
         Ok(CommandPattern {
             source: s.to_string(),

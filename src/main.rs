@@ -10,7 +10,11 @@ use postern::app::App;
 use postern::config::{Config, DEFAULT_FILE};
 
 #[derive(Parser)]
-#[command(name = "postern", version, about = "SSH bastion for temporary, approved, recorded production access")]
+#[command(
+    name = "postern",
+    version,
+    about = "SSH bastion for temporary, approved, recorded production access"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,10 +72,13 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
-        eprintln!("postern: cannot start runtime: {e}");
-        ExitCode::FAILURE
-    })
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("postern: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn serve(config: PathBuf) -> ExitCode {
@@ -104,17 +111,25 @@ fn serve(config: PathBuf) -> ExitCode {
         let socket = match postern::socket::bind(&app.config.control_socket) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("postern: control socket {}: {e}", app.config.control_socket.display());
+                eprintln!(
+                    "postern: control socket {}: {e}",
+                    app.config.control_socket.display()
+                );
                 return ExitCode::FAILURE;
             }
         };
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tracing::info!(%addr, "postern listening");
         println!("postern listening on {addr}");
         tokio::spawn(postern::socket::serve(app.clone(), socket));
         let reload_app = app.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
                 return;
             };
             while hup.recv().await.is_some() {
@@ -124,13 +139,14 @@ fn serve(config: PathBuf) -> ExitCode {
                 }
             }
         });
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("postern: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("postern: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
         tokio::select! {
             r = postern::server::run(app.clone(), listener) => {
                 if let Err(e) = r {

@@ -187,15 +187,22 @@ impl Policy {
         let raw: RawFile = toml::from_str(text).map_err(|e| err(toml_error(text, &e)))?;
         for u in raw.user {
             if !valid_name(&u.name) {
-                return Err(err(format!("user {:?}: name must be letters, digits, '.', '_' or '-'", u.name)));
+                return Err(err(format!(
+                    "user {:?}: name must be letters, digits, '.', '_' or '-'",
+                    u.name
+                )));
             }
             if self.users.iter().any(|x| x.name == u.name) {
                 return Err(err(format!("user {:?} is defined twice", u.name)));
             }
             let mut keys = Vec::new();
             for (i, k) in u.keys.iter().enumerate() {
-                let key = PublicKey::from_openssh(k.trim())
-                    .map_err(|e| err(format!("user {:?}: keys[{i}]: not an OpenSSH public key: {e}", u.name)))?;
+                let key = PublicKey::from_openssh(k.trim()).map_err(|e| {
+                    err(format!(
+                        "user {:?}: keys[{i}]: not an OpenSSH public key: {e}",
+                        u.name
+                    ))
+                })?;
                 keys.push(key);
             }
             self.users.push(User {
@@ -206,16 +213,26 @@ impl Policy {
         }
         for t in raw.target {
             if !valid_name(&t.name) {
-                return Err(err(format!("target {:?}: name must be letters, digits, '.', '_' or '-'", t.name)));
+                return Err(err(format!(
+                    "target {:?}: name must be letters, digits, '.', '_' or '-'",
+                    t.name
+                )));
             }
             if self.targets.iter().any(|x| x.name == t.name) {
                 return Err(err(format!("target {:?} is defined twice", t.name)));
             }
             if split_host_port(&t.address).is_none() {
-                return Err(err(format!("target {:?}: address {:?} is not host:port", t.name, t.address)));
+                return Err(err(format!(
+                    "target {:?}: address {:?} is not host:port",
+                    t.name, t.address
+                )));
             }
-            let host_key = PublicKey::from_openssh(t.host_key.trim())
-                .map_err(|e| err(format!("target {:?}: host_key: not an OpenSSH public key: {e}", t.name)))?;
+            let host_key = PublicKey::from_openssh(t.host_key.trim()).map_err(|e| {
+                err(format!(
+                    "target {:?}: host_key: not an OpenSSH public key: {e}",
+                    t.name
+                ))
+            })?;
             self.targets.push(Target {
                 name: t.name,
                 address: t.address,
@@ -228,22 +245,29 @@ impl Policy {
             if self.roles.contains_key(&name) {
                 return Err(err(format!("role {name:?} is defined twice")));
             }
-            let ttl = |key: &str, v: &Option<String>, d: Duration| -> Result<Duration, PolicyError> {
-                match v {
-                    None => Ok(d),
-                    Some(s) => humantime::parse_duration(s)
-                        .map_err(|e| err(format!("role {name:?}: {key} = {s:?}: {e}"))),
-                }
-            };
+            let ttl =
+                |key: &str, v: &Option<String>, d: Duration| -> Result<Duration, PolicyError> {
+                    match v {
+                        None => Ok(d),
+                        Some(s) => humantime::parse_duration(s)
+                            .map_err(|e| err(format!("role {name:?}: {key} = {s:?}: {e}"))),
+                    }
+                };
             let default_ttl = ttl("default_ttl", &r.default_ttl, Duration::from_secs(3600))?;
             let max_ttl = ttl("max_ttl", &r.max_ttl, Duration::from_secs(4 * 3600))?;
             if default_ttl > max_ttl {
-                return Err(err(format!("role {name:?}: default_ttl is longer than max_ttl")));
+                return Err(err(format!(
+                    "role {name:?}: default_ttl is longer than max_ttl"
+                )));
             }
             if r.logins.is_empty() || r.logins.iter().any(|l| !valid_name(l)) {
-                return Err(err(format!("role {name:?}: logins must be a non-empty list of plain names")));
+                return Err(err(format!(
+                    "role {name:?}: logins must be a non-empty list of plain names"
+                )));
             }
-            let parse_all = |key: &str, list: &[String]| -> Result<Vec<CommandPattern>, PolicyError> {
+            let parse_all = |key: &str,
+                             list: &[String]|
+             -> Result<Vec<CommandPattern>, PolicyError> {
                 list.iter()
                     .map(|p| {
                         CommandPattern::parse(p)
@@ -255,13 +279,18 @@ impl Policy {
             let filters = parse_all("filters", &r.filters)?;
             for p in commands.iter().chain(filters.iter()) {
                 if let Some(why) = p.danger() {
-                    self.warnings
-                        .push(format!("{}: role {name:?}: pattern {:?} {why}", path.display(), p.source()));
+                    self.warnings.push(format!(
+                        "{}: role {name:?}: pattern {:?} {why}",
+                        path.display(),
+                        p.source()
+                    ));
                 }
             }
             for f in &r.port_forwards {
                 if split_host_port(f).is_none() {
-                    return Err(err(format!("role {name:?}: port_forwards entry {f:?} is not host:port")));
+                    return Err(err(format!(
+                        "role {name:?}: port_forwards entry {f:?} is not host:port"
+                    )));
                 }
             }
             let approvals = r.approvals.unwrap_or(RawApprovals {
@@ -333,14 +362,18 @@ impl User {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
         && !s.starts_with('-')
 }
 
 /// Split `host:port` (IPv6 in brackets).
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() {
         return None;
     }
@@ -364,7 +397,9 @@ fn glob(pattern: &str, s: &str) -> bool {
             let Some(tail) = s.strip_prefix(head) else {
                 return false;
             };
-            (0..=tail.len()).filter(|i| tail.is_char_boundary(*i)).any(|i| glob(rest, &tail[i..]))
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob(rest, &tail[i..]))
         }
     }
 }
@@ -373,7 +408,8 @@ fn glob(pattern: &str, s: &str) -> bool {
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ0Ym9vdGhpc2lzbm90YXJlYWxrZXlidXRpdHBhcnNlcw x";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ0Ym9vdGhpc2lzbm90YXJlYWxrZXlidXRpdHBhcnNlcw x";
 
     #[test]
     fn selectors_pick_by_label_glob_and_name() {
@@ -382,7 +418,9 @@ mod tests {
             address: "127.0.0.1:22".into(),
             login: "qa".into(),
             host_key: PublicKey::from_openssh(KEY).expect("test key parses"),
-            labels: [("env".to_string(), "prod".to_string())].into_iter().collect(),
+            labels: [("env".to_string(), "prod".to_string())]
+                .into_iter()
+                .collect(),
         };
         assert!(selects("env=prod", &t));
         assert!(!selects("env=staging", &t));
@@ -395,7 +433,10 @@ mod tests {
     fn errors_name_file_and_line() {
         let mut p = Policy::default();
         let e = p
-            .add_file(Path::new("policies/x.toml"), "[role.r]\nlogins = [\"qa\"]\nmode = \"sudo\"\n")
+            .add_file(
+                Path::new("policies/x.toml"),
+                "[role.r]\nlogins = [\"qa\"]\nmode = \"sudo\"\n",
+            )
             .expect_err("bad mode");
         let s = e.to_string();
         assert!(s.starts_with("policies/x.toml: line 3"), "{s}");
@@ -405,7 +446,10 @@ mod tests {
     fn bad_key_is_named() {
         let mut p = Policy::default();
         let e = p
-            .add_file(Path::new("u.toml"), "[[user]]\nname = \"a\"\nkeys = [\"ssh-ed25519 nope\"]\n")
+            .add_file(
+                Path::new("u.toml"),
+                "[[user]]\nname = \"a\"\nkeys = [\"ssh-ed25519 nope\"]\n",
+            )
             .expect_err("bad key");
         assert!(e.to_string().contains("user \"a\": keys[0]"), "{e}");
     }

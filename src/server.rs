@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::Certificate;
-use russh::server::{self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 
@@ -132,16 +134,27 @@ impl Connection {
 impl server::Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
         if user == ACCESS_LOGIN && self.app.policy().user_by_key(offer.public_key).is_none() {
             return Ok(self.refuse(user, "key is not enrolled"));
         }
         Ok(Auth::Accept)
     }
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         if user != ACCESS_LOGIN {
-            return Ok(self.refuse(user, "plain keys only log in as access; use your certificate"));
+            return Ok(self.refuse(
+                user,
+                "plain keys only log in as access; use your certificate",
+            ));
         }
         let policy = self.app.policy();
         let Some(u) = policy.user_by_key(key.public_key) else {
@@ -156,12 +169,21 @@ impl server::Handler for Connection {
         Ok(Auth::Accept)
     }
 
-    async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
         if user == ACCESS_LOGIN {
-            return Ok(self.refuse(user, "the control plane takes enrolled keys, not certificates"));
+            return Ok(self.refuse(
+                user,
+                "the control plane takes enrolled keys, not certificates",
+            ));
         }
         let client_ip = self.peer.map(|p| p.ip());
-        if let Err(why) = ca::check_certificate(cert, self.app.ca_public(), user, client_ip, now_secs()) {
+        if let Err(why) =
+            ca::check_certificate(cert, self.app.ca_public(), user, client_ip, now_secs())
+        {
             return Ok(self.refuse(user, &format!("certificate {why}")));
         }
         let grant = match self.grant_for(cert) {
@@ -188,7 +210,9 @@ impl server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(identity) = self.identity.clone() else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         reply.accept().await;
@@ -213,7 +237,9 @@ impl server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(Identity::Grant(login)) = &self.identity else {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         let policy = self.app.policy();
@@ -221,11 +247,17 @@ impl server::Handler for Connection {
             Ok(dest) => {
                 tracing::info!(grant = %login.grant.id, %dest, "forward opened");
                 reply.accept().await;
-                tokio::spawn(crate::forward::run(channel, dest, self.app.config.connect_timeout));
+                tokio::spawn(crate::forward::run(
+                    channel,
+                    dest,
+                    self.app.config.connect_timeout,
+                ));
             }
             Err(why) => {
                 tracing::info!(grant = %login.grant.id, host = host_to_connect, port = port_to_connect, %why, "forward refused");
-                reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+                reply
+                    .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
             }
         }
         Ok(())
@@ -239,7 +271,9 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -250,21 +284,36 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
-    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         tracing::info!(address, port = *port, "remote forward (-R) refused");
         Ok(false)
     }
 
-    async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         tracing::info!(socket_path, "remote streamlocal forward refused");
         Ok(false)
     }
 
-    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         tracing::info!("agent forwarding refused");
         Ok(false)
     }

@@ -74,7 +74,9 @@ pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
                 let _ = ctx.handle.channel_success(id).await;
             }
             ChannelMsg::WindowChange {
-                col_width, row_height, ..
+                col_width,
+                row_height,
+                ..
             } => {
                 if let Some(p) = pty.as_mut() {
                     p.cols = col_width;
@@ -92,7 +94,10 @@ pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
             ChannelMsg::RequestSubsystem { name, .. } => {
                 tracing::info!(subsystem = %name, "subsystem refused");
                 let (_, w) = ch.split();
-                let msg = format!("postern: subsystem {} is not allowed\r\n", crate::control::escape(&name));
+                let msg = format!(
+                    "postern: subsystem {} is not allowed\r\n",
+                    crate::control::escape(&name)
+                );
                 let _ = w.extended_data_bytes(1, Bytes::from(msg)).await;
                 let _ = ctx.handle.channel_failure(id).await;
                 let _ = w.close().await;
@@ -118,19 +123,34 @@ pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
             Ok(s) => s,
             Err(_) => {
                 let (_, w) = ch.split();
-                return finish(&w, "", "postern: command line is not UTF-8\n", 2, pty.is_some()).await;
+                return finish(
+                    &w,
+                    "",
+                    "postern: command line is not UTF-8\n",
+                    2,
+                    pty.is_some(),
+                )
+                .await;
             }
         },
     };
     match ctx.identity.clone() {
-        Identity::Access(caller) => control_channel(ch, &ctx, &caller, &command, pty.is_some()).await,
+        Identity::Access(caller) => {
+            control_channel(ch, &ctx, &caller, &command, pty.is_some()).await
+        }
         Identity::Grant(login) => grant_channel(ch, &ctx, &login, &command, pty).await,
     }
 }
 
 /// Write the whole answer, the exit status, EOF and close.
 async fn finish(w: &ChannelWriteHalf<Msg>, stdout: &str, stderr: &str, status: u32, pty: bool) {
-    let fix = |s: &str| if pty { s.replace('\n', "\r\n") } else { s.to_string() };
+    let fix = |s: &str| {
+        if pty {
+            s.replace('\n', "\r\n")
+        } else {
+            s.to_string()
+        }
+    };
     if !stdout.is_empty() {
         let _ = w.data_bytes(Bytes::from(fix(stdout))).await;
     }
@@ -142,7 +162,13 @@ async fn finish(w: &ChannelWriteHalf<Msg>, stdout: &str, stderr: &str, status: u
     let _ = w.close().await;
 }
 
-async fn control_channel(ch: Channel<Msg>, ctx: &Context, caller: &Caller, command: &str, pty: bool) {
+async fn control_channel(
+    ch: Channel<Msg>,
+    ctx: &Context,
+    caller: &Caller,
+    command: &str,
+    pty: bool,
+) {
     let (mut r, w) = ch.split();
     // Keep draining the client side so the connection never stalls.
     let drain = tokio::spawn(async move { while r.wait().await.is_some() {} });
@@ -162,7 +188,13 @@ async fn control_channel(ch: Channel<Msg>, ctx: &Context, caller: &Caller, comma
     drain.abort();
 }
 
-async fn grant_channel(ch: Channel<Msg>, ctx: &Context, login: &GrantLogin, command: &str, pty: Option<PtyRequest>) {
+async fn grant_channel(
+    ch: Channel<Msg>,
+    ctx: &Context,
+    login: &GrantLogin,
+    command: &str,
+    pty: Option<PtyRequest>,
+) {
     let policy = ctx.app.policy();
     let grant = &login.grant;
     let is_pty = pty.is_some();
@@ -206,14 +238,21 @@ async fn grant_channel(ch: Channel<Msg>, ctx: &Context, login: &GrantLogin, comm
                 crate::control::escape(target_name)
             };
             let names: Vec<&str> = allowed.iter().map(|t| t.name.as_str()).collect();
-            let msg = format!("postern: target {shown} is not in your grant (allowed: {})\n", names.join(", "));
+            let msg = format!(
+                "postern: target {shown} is not in your grant (allowed: {})\n",
+                names.join(", ")
+            );
             let (_, w) = ch.split();
             return finish(&w, "", &msg, 1, is_pty).await;
         }
     };
     match role.mode {
         Mode::Shell => {
-            let command = if rest.is_empty() { None } else { Some(rest.to_string()) };
+            let command = if rest.is_empty() {
+                None
+            } else {
+                Some(rest.to_string())
+            };
             proxy(ch, ctx, grant, &target, pty, command).await
         }
         Mode::ReadOnly => {
@@ -243,7 +282,13 @@ async fn proxy(
 ) {
     let id = ch.id();
     let is_pty = pty.is_some();
-    let up = match upstream::connect(target, ctx.app.target_key.clone(), ctx.app.config.connect_timeout).await {
+    let up = match upstream::connect(
+        target,
+        ctx.app.target_key.clone(),
+        ctx.app.config.connect_timeout,
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(target = %target.name, "upstream failed: {e}");
@@ -260,7 +305,15 @@ async fn proxy(
     };
     if let Some(p) = &pty {
         let _ = uch
-            .request_pty(false, &p.term, p.cols, p.rows, p.pix_width, p.pix_height, &p.modes)
+            .request_pty(
+                false,
+                &p.term,
+                p.cols,
+                p.rows,
+                p.pix_width,
+                p.pix_height,
+                &p.modes,
+            )
             .await;
     }
     let started = match &command {
@@ -269,7 +322,14 @@ async fn proxy(
     };
     if let Err(e) = started {
         let (_, w) = ch.split();
-        return finish(&w, "", &format!("postern: target {}: {e}\n", target.name), 255, is_pty).await;
+        return finish(
+            &w,
+            "",
+            &format!("postern: target {}: {e}\n", target.name),
+            255,
+            is_pty,
+        )
+        .await;
     }
     tracing::info!(grant = %grant.id, target = %target.name, pty = is_pty, exec = command.is_some(), "session started");
     let (mut cr, cw) = ch.split();
@@ -286,7 +346,10 @@ async fn proxy(
                     row_height,
                     pix_width,
                     pix_height,
-                } => uw.window_change(col_width, row_height, pix_width, pix_height).await,
+                } => {
+                    uw.window_change(col_width, row_height, pix_width, pix_height)
+                        .await
+                }
                 ChannelMsg::Signal { signal } => uw.signal(signal).await,
                 ChannelMsg::Close => break,
                 _ => Ok(()),
@@ -318,7 +381,10 @@ async fn proxy(
                     .map_err(|_| russh::Error::SendError),
                 ChannelMsg::Failure => {
                     let _ = cw
-                        .extended_data_bytes(1, Bytes::from_static(b"postern: the target refused the request\n"))
+                        .extended_data_bytes(
+                            1,
+                            Bytes::from_static(b"postern: the target refused the request\n"),
+                        )
                         .await;
                     let _ = cw.exit_status(255).await;
                     break;
@@ -348,7 +414,13 @@ async fn proxy(
 
 /// Resolve when the grant stops being live (revoked, shortened, window
 /// over), telling the user why; warn at five and one minute before.
-async fn watch_grant(app: &App, grant_id: &str, handle: &Handle, id: ChannelId, pty: bool) -> String {
+async fn watch_grant(
+    app: &App,
+    grant_id: &str,
+    handle: &Handle,
+    id: ChannelId,
+    pty: bool,
+) -> String {
     let nl = if pty { "\r\n" } else { "\n" };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut warned = [false, false];
@@ -361,7 +433,13 @@ async fn watch_grant(app: &App, grant_id: &str, handle: &Handle, id: ChannelId, 
         };
         if let Some(d) = &grant.revoked {
             let why = crate::control::escape(d.text.as_deref().unwrap_or(""));
-            return say(handle, id, nl, &format!("access revoked by {} ({why}); closing", d.by)).await;
+            return say(
+                handle,
+                id,
+                nl,
+                &format!("access revoked by {} ({why}); closing", d.by),
+            )
+            .await;
         }
         if now >= grant.end {
             return say(handle, id, nl, "access window ended; closing").await;

@@ -39,7 +39,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 pub async fn serve(app: Arc<App>, listener: UnixListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let app = app.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(&app, stream).await {

@@ -84,7 +84,11 @@ impl Store {
             if serial == 0 {
                 continue;
             }
-            let cas = t.compare_and_swap(serial.to_be_bytes(), None as Option<&[u8]>, Some(grant_id.as_bytes()))?;
+            let cas = t.compare_and_swap(
+                serial.to_be_bytes(),
+                None as Option<&[u8]>,
+                Some(grant_id.as_bytes()),
+            )?;
             if cas.is_ok() {
                 self.db.flush()?;
                 return Ok(serial);

@@ -18,7 +18,9 @@ use crate::policy::Target;
 pub enum UpstreamError {
     #[error("cannot reach target {0}: {1}")]
     Connect(String, String),
-    #[error("target {0} presented a host key that does not match its pinned key; refusing to connect")]
+    #[error(
+        "target {0} presented a host key that does not match its pinned key; refusing to connect"
+    )]
     HostKeyMismatch(String),
     #[error("target {0} refused the bastion's key for login {1:?}")]
     AuthRefused(String, String),
@@ -39,9 +41,14 @@ pub struct TargetHandler {
 impl client::Handler for TargetHandler {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let ok = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == self.pinned.key_data(),
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                key.key_data() == self.pinned.key_data()
+            }
             PublicKeyOrCertificate::Certificate(_) => false,
         };
         if !ok {
@@ -56,7 +63,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -70,7 +79,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -81,7 +92,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -91,7 +104,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -105,7 +120,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -116,7 +133,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 
@@ -128,7 +147,9 @@ impl client::Handler for TargetHandler {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
         Ok(())
     }
 }
@@ -154,7 +175,11 @@ pub struct Upstream {
 }
 
 /// Connect and authenticate to `target` with the bastion's target key.
-pub async fn connect(target: &Target, key: Arc<PrivateKey>, timeout: Duration) -> Result<Upstream, UpstreamError> {
+pub async fn connect(
+    target: &Target,
+    key: Arc<PrivateKey>,
+    timeout: Duration,
+) -> Result<Upstream, UpstreamError> {
     let name = target.name.clone();
     let mismatch = Arc::new(AtomicBool::new(false));
     let handler = TargetHandler {
@@ -165,11 +190,18 @@ pub async fn connect(target: &Target, key: Arc<PrivateKey>, timeout: Duration) -
     let connecting = client::connect(config, target.address.as_str(), handler);
     let mut handle = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(UpstreamError::Timeout(name, timeout.as_secs())),
-        Ok(Err(_)) if mismatch.load(Ordering::SeqCst) => return Err(UpstreamError::HostKeyMismatch(name)),
+        Ok(Err(_)) if mismatch.load(Ordering::SeqCst) => {
+            return Err(UpstreamError::HostKeyMismatch(name))
+        }
         Ok(Err(e)) => return Err(UpstreamError::Connect(name, e.to_string())),
         Ok(Ok(h)) => h,
     };
-    let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten();
     let auth = tokio::time::timeout(
         timeout,
         handle.authenticate_publickey(target.login.clone(), PrivateKeyWithHashAlg::new(key, hash)),
