@@ -138,7 +138,7 @@ pub enum CertRefusal {
     NotUserCert,
     #[error("names no principals")]
     NoPrincipals,
-    #[error("principal {0:?} is not in the certificate")]
+    #[error("login {0:?} is not among its principals")]
     WrongPrincipal(String),
     #[error("outside its validity window")]
     OutsideWindow,
@@ -283,6 +283,24 @@ mod tests {
             Err(CertRefusal::OutsideWindow)
         );
         assert!(cert.extensions().contains_key("permit-pty"));
+
+        // The same fields as a host certificate.
+        let mut b = Builder::new(
+            vec![0u8; 32],
+            user.public_key().key_data().clone(),
+            now - 10,
+            now + 3600,
+        )
+        .expect("builder");
+        b.serial(7).expect("serial");
+        b.cert_type(CertType::Host).expect("type");
+        b.key_id("host").expect("id");
+        b.valid_principal("qa").expect("principal");
+        let host = b.sign(&ca).expect("sign");
+        assert_eq!(
+            check_certificate(&host, ca.public_key(), "qa", None, now),
+            Err(CertRefusal::NotUserCert)
+        );
         assert!(!cert.extensions().contains_key("permit-port-forwarding"));
     }
 }

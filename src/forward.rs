@@ -13,7 +13,7 @@ use crate::server::GrantLogin;
 
 /// Decide whether `host:port` may be forwarded; returns the address to dial.
 pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Result<String, String> {
-    if !login.port_forwarding {
+    if !login.port_forwards_permitted {
         return Err("certificate does not permit port forwarding".into());
     }
     let role = policy
@@ -73,5 +73,68 @@ pub async fn run(channel: Channel<Msg>, dest: String, timeout: Duration) {
     match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
         Ok((up, down)) => tracing::info!(%dest, up, down, "forward closed"),
         Err(e) => tracing::debug!(%dest, "forward ended: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Grant;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGjFwwxa53qDkMknfTGDkejpmTMAdeJgrMAh7TboT3tf x";
+
+    fn setup(forwards: &str) -> (Policy, GrantLogin) {
+        let mut p = Policy::default();
+        let text = format!(
+            "[[target]]\nname = \"web-1\"\naddress = \"10.0.0.5:22\"\nlogin = \"qa\"\nhost_key = \"{KEY}\"\n\
+             [role.r]\nlogins = [\"qa\"]\ntargets = [\"*\"]\nmode = \"shell\"\nport_forwards = [{forwards}]\n\
+             approvals = {{ required = 1, from = [\"lead\"] }}\n"
+        );
+        p.add_file(std::path::Path::new("t.toml"), &text)
+            .expect("policy");
+        let g = GrantLogin {
+            grant: Grant {
+                id: "g".into(),
+                request: "r".into(),
+                user: "u".into(),
+                role: "r".into(),
+                logins: vec!["qa".into()],
+                targets: vec![],
+                start: 0,
+                end: u64::MAX,
+                serial: 1,
+                key: String::new(),
+                cert: None,
+                revoked: None,
+            },
+            login: "qa".into(),
+            key_id: "k".into(),
+            port_forwards_permitted: true,
+        };
+        (p, g)
+    }
+
+    #[test]
+    fn a_listed_target_sshd_is_still_refused() {
+        let (p, g) = setup("\"web-1:22\", \"10.0.0.5:22\", \"web-1:5432\"");
+        assert!(check(&p, &g, "web-1", 22)
+            .unwrap_err()
+            .contains("not a jump"));
+        assert!(check(&p, &g, "10.0.0.5", 22)
+            .unwrap_err()
+            .contains("not a jump"));
+        assert_eq!(
+            check(&p, &g, "web-1", 5432),
+            Ok("10.0.0.5:5432".to_string())
+        );
+        assert!(check(&p, &g, "web-1", 5433).is_err());
+    }
+
+    #[test]
+    fn no_extension_no_forward() {
+        let (p, mut g) = setup("\"web-1:5432\"");
+        g.port_forwards_permitted = false;
+        assert!(check(&p, &g, "web-1", 5432).is_err());
     }
 }

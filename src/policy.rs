@@ -409,7 +409,7 @@ mod tests {
     use super::*;
 
     const KEY: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ0Ym9vdGhpc2lzbm90YXJlYWxrZXlidXRpdHBhcnNlcw x";
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGjFwwxa53qDkMknfTGDkejpmTMAdeJgrMAh7TboT3tf x";
 
     #[test]
     fn selectors_pick_by_label_glob_and_name() {

@@ -36,7 +36,7 @@ pub struct GrantLogin {
     pub grant: Grant,
     pub login: String,
     pub key_id: String,
-    pub port_forwarding: bool,
+    pub port_forwards_permitted: bool,
 }
 
 /// Server settings that matter, in one commented place.
@@ -197,7 +197,7 @@ impl server::Handler for Connection {
         self.identity = Some(Identity::Grant(GrantLogin {
             login: user.to_string(),
             key_id: cert.key_id().to_string(),
-            port_forwarding: cert.extensions().contains_key("permit-port-forwarding"),
+            port_forwards_permitted: cert.extensions().contains_key("permit-port-forwarding"),
             grant,
         }));
         Ok(Auth::Accept)
