@@ -12,6 +12,8 @@
 //! - [`app`]: the shared state of a running bastion.
 //! - [`server`]: the user-facing russh server (authentication, channels).
 //! - [`session`]: one session channel: listing, gate, or proxied session.
+//! - [`relay`]: a client channel joined to a target channel, with the grant watchdog.
+//! - [`prompt`]: the interactive read-only gate prompt.
 //! - [`upstream`]: the target-facing russh client with pinned host keys.
 //! - [`forward`]: local port-forwards.
 //! - [`gate`]: the read-only command gate.
@@ -25,6 +27,8 @@ pub mod control;
 pub mod forward;
 pub mod gate;
 pub mod policy;
+pub mod prompt;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod socket;

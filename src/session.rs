@@ -10,15 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use russh::server::{Handle, Msg};
-use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty};
+use russh::{Channel, ChannelMsg, ChannelWriteHalf, Pty};
 
 use crate::access::{Caller, Grant};
 use crate::app::App;
 use crate::ca::now_secs;
 use crate::policy::{valid_name, Mode};
+use crate::relay::{self, Plan};
 use crate::server::{GrantLogin, Identity};
-use crate::store::GRANTS;
-use crate::upstream;
 
 /// What a channel task needs from its connection.
 pub struct Context {
@@ -143,7 +142,7 @@ pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
 }
 
 /// Write the whole answer, the exit status, EOF and close.
-async fn finish(w: &ChannelWriteHalf<Msg>, stdout: &str, stderr: &str, status: u32, pty: bool) {
+pub async fn finish(w: &ChannelWriteHalf<Msg>, stdout: &str, stderr: &str, status: u32, pty: bool) {
     let fix = |s: &str| {
         if pty {
             s.replace('\n', "\r\n")
@@ -248,17 +247,67 @@ async fn grant_channel(
     };
     match role.mode {
         Mode::Shell => {
-            let command = if rest.is_empty() {
-                None
-            } else {
-                Some(rest.to_string())
+            let plan = Plan {
+                command: if rest.is_empty() {
+                    None
+                } else {
+                    Some(rest.to_string())
+                },
+                pty,
+                stdin: true,
+                crlf: false,
             };
-            proxy(ch, ctx, grant, &target, pty, command).await
+            relay::proxy(ch, ctx, grant, &target, plan).await
         }
-        Mode::ReadOnly => {
-            let (_, w) = ch.split();
-            let msg = "postern: read-only roles run commands only through the gate, which refused this command\n";
-            finish(&w, "", msg, 1, is_pty).await
+        Mode::ReadOnly if rest.is_empty() => match pty {
+            Some(p) => crate::prompt::run(ch, ctx, grant, role, &target, p).await,
+            None => {
+                let (_, w) = ch.split();
+                let msg = format!(
+                    "postern: {} is read-only: give a command, or use ssh -t for the gate prompt\n",
+                    target.name
+                );
+                finish(&w, "", &msg, 2, false).await
+            }
+        },
+        Mode::ReadOnly => match crate::gate::check(role, rest) {
+            Err(refusal) => {
+                audit_gate(grant, &target.name, rest, Err(&refusal));
+                let (_, w) = ch.split();
+                let msg = format!("postern: refused: {}\n", crate::control::escape(&refusal.0));
+                finish(&w, "", &msg, GATE_REFUSED, is_pty).await
+            }
+            Ok(allowed) => {
+                audit_gate(grant, &target.name, rest, Ok(&allowed));
+                let plan = Plan {
+                    command: Some(crate::gate::remote_command(&allowed)),
+                    pty: None,
+                    stdin: false,
+                    crlf: is_pty,
+                };
+                relay::proxy(ch, ctx, grant, &target, plan).await
+            }
+        },
+    }
+}
+
+/// Exit status of a command the gate refused.
+pub const GATE_REFUSED: u32 = 126;
+
+/// Record a gate verdict.
+pub fn audit_gate(
+    grant: &Grant,
+    target: &str,
+    line: &str,
+    verdict: Result<&crate::gate::Allowed, &crate::gate::Refusal>,
+) {
+    let line = crate::control::escape(line);
+    match verdict {
+        Ok(a) => {
+            tracing::info!(grant = %grant.id, target, command = %line, rules = ?a.rules, "gate allowed")
+        }
+        Err(r) => {
+            tracing::info!(grant = %grant.id, target, command = %line, why = %r.0, "gate refused")
         }
     }
 }
@@ -268,201 +317,4 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::ReadOnly => "read-only",
         Mode::Shell => "shell",
     }
-}
-
-/// Proxy the channel to a fresh session on `target`, both ways, until one
-/// side closes or the grant stops being live.
-async fn proxy(
-    ch: Channel<Msg>,
-    ctx: &Context,
-    grant: &Grant,
-    target: &crate::policy::Target,
-    pty: Option<PtyRequest>,
-    command: Option<String>,
-) {
-    let id = ch.id();
-    let is_pty = pty.is_some();
-    let up = match upstream::connect(
-        target,
-        ctx.app.target_key.clone(),
-        ctx.app.config.connect_timeout,
-    )
-    .await
-    {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::info!(target = %target.name, "upstream failed: {e}");
-            let (_, w) = ch.split();
-            return finish(&w, "", &format!("postern: {e}\n"), 255, is_pty).await;
-        }
-    };
-    let uch = match up.open_session(&target.name).await {
-        Ok(c) => c,
-        Err(e) => {
-            let (_, w) = ch.split();
-            return finish(&w, "", &format!("postern: {e}\n"), 255, is_pty).await;
-        }
-    };
-    if let Some(p) = &pty {
-        let _ = uch
-            .request_pty(
-                false,
-                &p.term,
-                p.cols,
-                p.rows,
-                p.pix_width,
-                p.pix_height,
-                &p.modes,
-            )
-            .await;
-    }
-    let started = match &command {
-        Some(c) => uch.exec(true, c.as_bytes()).await,
-        None => uch.request_shell(true).await,
-    };
-    if let Err(e) = started {
-        let (_, w) = ch.split();
-        return finish(
-            &w,
-            "",
-            &format!("postern: target {}: {e}\n", target.name),
-            255,
-            is_pty,
-        )
-        .await;
-    }
-    tracing::info!(grant = %grant.id, target = %target.name, pty = is_pty, exec = command.is_some(), "session started");
-    let (mut cr, cw) = ch.split();
-    let (mut ur, uw) = uch.split();
-
-    // Client → target.
-    let to_target = tokio::spawn(async move {
-        while let Some(msg) = cr.wait().await {
-            let sent = match msg {
-                ChannelMsg::Data { data } => uw.data_bytes(data).await,
-                ChannelMsg::Eof => uw.eof().await,
-                ChannelMsg::WindowChange {
-                    col_width,
-                    row_height,
-                    pix_width,
-                    pix_height,
-                } => {
-                    uw.window_change(col_width, row_height, pix_width, pix_height)
-                        .await
-                }
-                ChannelMsg::Signal { signal } => uw.signal(signal).await,
-                ChannelMsg::Close => break,
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                break;
-            }
-        }
-        let _ = uw.close().await;
-    });
-
-    // Target → client.
-    let handle = ctx.handle.clone();
-    let to_client = async {
-        while let Some(msg) = ur.wait().await {
-            let sent = match msg {
-                ChannelMsg::Data { data } => cw.data_bytes(data).await,
-                ChannelMsg::ExtendedData { data, ext } => cw.extended_data_bytes(ext, data).await,
-                ChannelMsg::Eof => cw.eof().await,
-                ChannelMsg::ExitStatus { exit_status } => cw.exit_status(exit_status).await,
-                ChannelMsg::ExitSignal {
-                    signal_name,
-                    core_dumped,
-                    error_message,
-                    lang_tag,
-                } => handle
-                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
-                    .await
-                    .map_err(|_| russh::Error::SendError),
-                ChannelMsg::Failure => {
-                    let _ = cw
-                        .extended_data_bytes(
-                            1,
-                            Bytes::from_static(b"postern: the target refused the request\n"),
-                        )
-                        .await;
-                    let _ = cw.exit_status(255).await;
-                    break;
-                }
-                ChannelMsg::Close => break,
-                _ => Ok(()),
-            };
-            if sent.is_err() {
-                break;
-            }
-        }
-    };
-
-    let ended = tokio::select! {
-        _ = to_client => None,
-        why = watch_grant(&ctx.app, &grant.id, &ctx.handle, id, is_pty) => Some(why),
-    };
-    to_target.abort();
-    if let Some(why) = &ended {
-        tracing::info!(grant = %grant.id, target = %target.name, %why, "session cut");
-        let _ = ctx.handle.exit_status_request(id, 255).await;
-    }
-    let _ = ctx.handle.eof(id).await;
-    let _ = ctx.handle.close(id).await;
-    drop(up);
-}
-
-/// Resolve when the grant stops being live (revoked, shortened, window
-/// over), telling the user why; warn at five and one minute before.
-async fn watch_grant(
-    app: &App,
-    grant_id: &str,
-    handle: &Handle,
-    id: ChannelId,
-    pty: bool,
-) -> String {
-    let nl = if pty { "\r\n" } else { "\n" };
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut warned = [false, false];
-    loop {
-        tick.tick().await;
-        let now = now_secs();
-        let grant: Option<Grant> = app.store.get(GRANTS, grant_id).ok().flatten();
-        let Some(grant) = grant else {
-            return say(handle, id, nl, "grant no longer exists; closing").await;
-        };
-        if let Some(d) = &grant.revoked {
-            let why = crate::control::escape(d.text.as_deref().unwrap_or(""));
-            return say(
-                handle,
-                id,
-                nl,
-                &format!("access revoked by {} ({why}); closing", d.by),
-            )
-            .await;
-        }
-        if now >= grant.end {
-            return say(handle, id, nl, "access window ended; closing").await;
-        }
-        let left = grant.end - now;
-        for (i, (limit, text)) in [(300, "5m"), (60, "1m")].iter().enumerate() {
-            if left <= *limit && !warned[i] {
-                warned[i] = true;
-                // A window shorter than the warning gets the exact time left.
-                let when = if left + 2 >= *limit {
-                    text.to_string()
-                } else {
-                    humantime::format_duration(Duration::from_secs(left)).to_string()
-                };
-                let msg = format!("{nl}postern: access ends in {when}{nl}");
-                let _ = handle.extended_data(id, 1, Bytes::from(msg)).await;
-            }
-        }
-    }
-}
-
-async fn say(handle: &Handle, id: ChannelId, nl: &str, text: &str) -> String {
-    let msg = format!("{nl}postern: {text}{nl}");
-    let _ = handle.extended_data(id, 1, Bytes::from(msg)).await;
-    text.to_string()
 }

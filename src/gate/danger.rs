@@ -1,0 +1,638 @@
+//! Built-in knowledge of tools that turn "read-only" into something else.
+//! Applied after a pattern matched, so a permissive pattern cannot admit
+//! these; also used at policy load to warn the pattern's author.
+//!
+//! The table is conservative: where a tool's option language is large
+//! (sed, awk), only a known-safe subset is accepted.
+
+/// Programs that run other programs, shells and interpreters: never run
+/// through the gate, whatever the pattern says.
+const RUNS_CODE: &[&str] = &[
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "csh",
+    "tcsh",
+    "fish",
+    "busybox",
+    "env",
+    "xargs",
+    "nohup",
+    "timeout",
+    "nice",
+    "ionice",
+    "stdbuf",
+    "setsid",
+    "chroot",
+    "sudo",
+    "su",
+    "doas",
+    "runuser",
+    "pkexec",
+    "watch",
+    "script",
+    "expect",
+    "perl",
+    "python",
+    "python2",
+    "python3",
+    "ruby",
+    "node",
+    "nodejs",
+    "lua",
+    "php",
+    "tclsh",
+    "wish",
+    "gdb",
+    "strace",
+    "ltrace",
+    "socat",
+    "nc",
+    "ncat",
+    "netcat",
+    "telnet",
+    "ssh",
+    "scp",
+    "sftp",
+    "rsync",
+    "ftp",
+    "curl",
+    "wget",
+    "crontab",
+    "at",
+    "batch",
+    "systemd-run",
+    "make",
+    "docker",
+    "kubectl",
+    "nsenter",
+    "unshare",
+    "flock",
+    "parallel",
+    "eval",
+    "exec",
+    "command",
+    "builtin",
+    "source",
+    ".",
+];
+
+/// Pagers and editors: they run commands (`!cmd`, `:!`) and must never run
+/// on a target. `less`/`more` are served as a plain read instead.
+const PAGERS_EDITORS: &[&str] = &[
+    "vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed", "red", "nano", "pico", "emacs",
+    "joe", "mcedit", "man", "info", "pg", "most", "zless", "zmore", "bzless", "bzmore", "xzless",
+    "lessecho", "top", "htop",
+];
+
+/// Pagers the gate serves as `cat` of the same (checked) files.
+pub const PAGED_AS_CAT: &[&str] = &["less", "more"];
+
+/// Programs whose purpose is to write or change files or the system.
+const WRITES: &[&str] = &[
+    "tee", "dd", "cp", "mv", "rm", "rmdir", "touch", "chmod", "chown", "chgrp", "ln", "mkdir",
+    "mknod", "mkfifo", "truncate", "install", "shred", "split", "csplit", "patch", "kill", "pkill",
+    "killall", "reboot", "shutdown", "halt", "poweroff", "mount", "umount", "useradd", "usermod",
+    "passwd", "iptables", "nft", "sysctl",
+];
+
+/// The warning for a policy author when a pattern's command is a tool the
+/// gate knows to be dangerous, or `None`.
+pub fn tool_warning(cmd: &str) -> Option<&'static str> {
+    let name = cmd.rsplit('/').next().unwrap_or(cmd);
+    if RUNS_CODE.contains(&name) {
+        Some("admits a program that runs other programs; the gate refuses it always")
+    } else if PAGERS_EDITORS.contains(&name) {
+        Some("admits a pager or editor; the gate refuses it always")
+    } else if WRITES.contains(&name) {
+        Some("admits a program that writes files or changes the system; the gate refuses it always")
+    } else {
+        match name {
+            "find" => Some("admits find; the gate refuses -exec/-execdir/-ok/-okdir/-delete/-fprint*/-fls"),
+            "sed" => Some("admits sed; the gate accepts only scripts of p/d/q/=/s (no e/w/r flags or commands) and no -i"),
+            "awk" | "gawk" | "mawk" | "nawk" => {
+                Some("admits awk; the gate refuses programs using system, getline, pipes, redirection or @include, and -f")
+            }
+            "grep" | "egrep" | "fgrep" | "zgrep" => Some("admits grep; the gate refuses -f/--file"),
+            "tar" => Some("admits tar; the gate refuses extraction, creation and command options"),
+            "git" => Some("admits git; the gate refuses -c, --exec-path, --upload-pack and other command hooks"),
+            "journalctl" => Some("admits journalctl; the gate refuses --vacuum*, --rotate, --file and state changes"),
+            "psql" => Some("admits psql; the gate refuses meta-commands, files and server-side program execution"),
+            "sort" => Some("admits sort; the gate refuses -o/--output and --compress-program"),
+            "systemctl" => Some("admits systemctl; the gate allows only status/show/list-*/is-*/cat verbs"),
+            _ => None,
+        }
+    }
+}
+
+/// Refuse `argv` (already matched by a pattern) if it makes its tool run
+/// code, write files or read files outside the pattern.
+pub fn check(argv: &[String]) -> Result<(), String> {
+    let Some(cmd) = argv.first() else {
+        return Err("empty command".into());
+    };
+    let name = cmd.rsplit('/').next().unwrap_or(cmd).to_string();
+    let args = &argv[1..];
+    let refuse = |what: &str| {
+        Err(format!(
+            "{name}: {what} is refused (it can run code, write files or read other files)"
+        ))
+    };
+    if RUNS_CODE.contains(&name.as_str()) {
+        if name == "env" && args.is_empty() {
+            return Ok(());
+        }
+        return Err(format!("{name} runs other programs; refused"));
+    }
+    if PAGERS_EDITORS.contains(&name.as_str()) {
+        return Err(format!(
+            "{name} is a pager or editor; it never runs on a target"
+        ));
+    }
+    if WRITES.contains(&name.as_str()) {
+        return Err(format!(
+            "{name} writes files or changes the system; refused"
+        ));
+    }
+    match name.as_str() {
+        "find" => {
+            for a in args {
+                if [
+                    "-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0",
+                    "-fprintf", "-fls",
+                ]
+                .contains(&a.as_str())
+                {
+                    return refuse(a);
+                }
+            }
+        }
+        "sed" => {
+            let mut scripts = Vec::new();
+            let mut i = 0;
+            let mut have_script = false;
+            while i < args.len() {
+                let a = &args[i];
+                if a == "-e" || a == "--expression" {
+                    if let Some(s) = args.get(i + 1) {
+                        scripts.push(s.clone());
+                    }
+                    have_script = true;
+                    i += 2;
+                    continue;
+                }
+                if let Some(s) = a.strip_prefix("--expression=") {
+                    scripts.push(s.to_string());
+                    have_script = true;
+                } else if a.starts_with("-i")
+                    || a.starts_with("--in-place")
+                    || a == "-f"
+                    || a.starts_with("--file")
+                    || a == "-s"
+                    || a == "--separate"
+                    || (a.starts_with('-') && !a.starts_with("--") && a.contains(['i', 'f']))
+                {
+                    return refuse(a);
+                } else if !a.starts_with('-') && !have_script {
+                    scripts.push(a.clone());
+                    have_script = true;
+                }
+                i += 1;
+            }
+            for s in scripts {
+                if let Err(why) = sed_script_is_safe(&s) {
+                    return Err(format!("sed: script refused: {why}"));
+                }
+            }
+        }
+        "awk" | "gawk" | "mawk" | "nawk" => {
+            let mut program_seen = false;
+            let mut i = 0;
+            while i < args.len() {
+                let a = &args[i];
+                if a == "-F" || a == "-v" {
+                    if a == "-v" {
+                        if let Some(v) = args.get(i + 1) {
+                            awk_text_is_safe(v).or_else(|w| refuse(&w))?;
+                        }
+                    }
+                    i += 2;
+                    continue;
+                }
+                if a.starts_with("-F") {
+                } else if a.starts_with('-') {
+                    return refuse(a);
+                } else if !program_seen {
+                    program_seen = true;
+                    awk_text_is_safe(a).or_else(|w| refuse(&w))?;
+                } else if a.contains('=') {
+                    // `var=value` operands are assignments awk evaluates.
+                    awk_text_is_safe(a).or_else(|w| refuse(&w))?;
+                }
+                i += 1;
+            }
+        }
+        "grep" | "egrep" | "fgrep" | "zgrep" => {
+            for a in args {
+                if a == "--file"
+                    || a.starts_with("--file=")
+                    || (a.starts_with('-') && !a.starts_with("--") && a.contains('f'))
+                {
+                    return refuse(a);
+                }
+                if a == "--" {
+                    break;
+                }
+            }
+        }
+        "tar" => {
+            for a in args {
+                let l = a.as_str();
+                let long_bad = [
+                    "--checkpoint-action",
+                    "--to-command",
+                    "--use-compress-program",
+                    "--rsh-command",
+                    "--info-script",
+                    "--new-volume-script",
+                    "--extract",
+                    "--get",
+                    "--create",
+                    "--append",
+                    "--update",
+                    "--delete",
+                    "--index-file",
+                    "--volno-file",
+                    "--remove-files",
+                    "--overwrite",
+                ];
+                if long_bad
+                    .iter()
+                    .any(|b| l == *b || l.starts_with(&format!("{b}=")))
+                {
+                    return refuse(l);
+                }
+                if l.starts_with('-')
+                    && !l.starts_with("--")
+                    && l.contains(['I', 'F', 'x', 'c', 'r', 'u', 'g'])
+                {
+                    return refuse(l);
+                }
+            }
+            // Old-style first argument ("xf") counts as options too.
+            if let Some(first) = args.first() {
+                if !first.starts_with('-') && first.contains(['x', 'c', 'r', 'u', 'I', 'F']) {
+                    return refuse(first);
+                }
+            }
+        }
+        "git" => {
+            for a in args {
+                let l = a.as_str();
+                let bad = [
+                    "-c",
+                    "--exec-path",
+                    "--config-env",
+                    "--upload-pack",
+                    "--receive-pack",
+                    "--output",
+                    "-o",
+                    "--ext-diff",
+                    "-O",
+                    "--open-files-in-pager",
+                    "--textconv",
+                    "--git-dir",
+                    "--work-tree",
+                    "-p",
+                    "--paginate",
+                    "config",
+                    "difftool",
+                    "mergetool",
+                    "submodule",
+                    "filter-branch",
+                    "bisect",
+                    "daemon",
+                    "instaweb",
+                    "archive",
+                    "bundle",
+                    "clone",
+                    "fetch",
+                    "pull",
+                    "push",
+                    "gc",
+                    "prune",
+                    "hook",
+                    "credential",
+                    "-u",
+                ];
+                if bad
+                    .iter()
+                    .any(|b| l == *b || (b.starts_with("--") && l.starts_with(&format!("{b}="))))
+                    || l.starts_with("-c")
+                {
+                    return refuse(l);
+                }
+            }
+        }
+        "journalctl" => {
+            for a in args {
+                let l = a.as_str();
+                let bad = [
+                    "--vacuum-size",
+                    "--vacuum-time",
+                    "--vacuum-files",
+                    "--rotate",
+                    "--file",
+                    "--directory",
+                    "-D",
+                    "--root",
+                    "--image",
+                    "--flush",
+                    "--sync",
+                    "--relinquish-var",
+                    "--smart-relinquish-var",
+                    "--setup-keys",
+                    "--update-catalog",
+                    "--namespace",
+                    "-i",
+                    "--new-id128",
+                ];
+                if bad
+                    .iter()
+                    .any(|b| l == *b || l.starts_with(&format!("{b}=")))
+                    || l.starts_with("--vacuum")
+                {
+                    return refuse(l);
+                }
+            }
+        }
+        "psql" => {
+            for a in args {
+                let lower = a.to_lowercase();
+                if a.contains('\\')
+                    || ["-f", "--file", "-o", "--output", "-L", "--log-file"]
+                        .iter()
+                        .any(|b| a == b || a.starts_with(&format!("{b}=")))
+                    || [
+                        "program",
+                        "lo_export",
+                        "lo_import",
+                        "pg_read",
+                        "pg_ls_dir",
+                        "copy",
+                        "pg_execute",
+                        "dblink",
+                    ]
+                    .iter()
+                    .any(|w| lower.contains(w))
+                {
+                    return refuse(a);
+                }
+            }
+        }
+        "sort" => {
+            for a in args {
+                if a == "-o"
+                    || a.starts_with("--output")
+                    || a.starts_with("--compress-program")
+                    || (a.starts_with('-') && !a.starts_with("--") && a.contains('o'))
+                {
+                    return refuse(a);
+                }
+            }
+        }
+        "uniq" => {
+            if args.iter().filter(|a| !a.starts_with('-')).count() > 1 {
+                return refuse("a second operand (output file)");
+            }
+        }
+        "systemctl" => {
+            let verb = args
+                .iter()
+                .find(|a| !a.starts_with('-'))
+                .map(String::as_str)
+                .unwrap_or("");
+            let ok = verb.is_empty()
+                || [
+                    "status",
+                    "show",
+                    "cat",
+                    "is-active",
+                    "is-enabled",
+                    "is-failed",
+                ]
+                .contains(&verb)
+                || verb.starts_with("list-");
+            if !ok {
+                return refuse(verb);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// awk text (program or assignment) without code execution, file or pipe
+/// I/O or includes. Conservative: `>` and `|` are refused even as
+/// comparison or `||`, since telling them from redirection needs a parser.
+fn awk_text_is_safe(p: &str) -> Result<(), String> {
+    for bad in [
+        "system", "getline", "|", ">", "@", "close", "fflush", "ENVIRON", "PROCINFO", "printf >",
+        "print >",
+    ] {
+        if p.contains(bad) {
+            return Err(format!("awk program using {bad:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Accept only sed scripts built from addresses and the commands
+/// `p d q Q = n N P D l z h H g G x { } !`, `s` with flags from `gpiImM`
+/// and digits, and `y`. Everything else (`e`, `w`, `r`, `R`, `W`, `a`,
+/// `i`, `c`, `s///e`, `s///w`, comments) is refused.
+pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
+    let c: Vec<char> = script.chars().collect();
+    let mut i = 0;
+    let n = c.len();
+    let skip_ws = |i: &mut usize| {
+        while *i < n && (c[*i] == ' ' || c[*i] == ';') {
+            *i += 1;
+        }
+    };
+    // Read a delimited section starting after the opening delimiter.
+    let delimited = |i: &mut usize, d: char| -> Result<(), String> {
+        while *i < n {
+            if c[*i] == '\\' {
+                *i += 2;
+                continue;
+            }
+            if c[*i] == d {
+                *i += 1;
+                return Ok(());
+            }
+            *i += 1;
+        }
+        Err("unterminated expression".into())
+    };
+    loop {
+        skip_ws(&mut i);
+        if i >= n {
+            return Ok(());
+        }
+        // Addresses: number, $, /re/, \cREc, with ~step, ',' second address.
+        for _ in 0..2 {
+            if i < n && c[i].is_ascii_digit() {
+                while i < n && (c[i].is_ascii_digit() || c[i] == '~') {
+                    i += 1;
+                }
+            } else if i < n && c[i] == '$' {
+                i += 1;
+            } else if i < n && c[i] == '/' {
+                i += 1;
+                delimited(&mut i, '/')?;
+                while i < n && (c[i] == 'I' || c[i] == 'M') {
+                    i += 1;
+                }
+            } else if i + 1 < n && c[i] == '\\' {
+                let d = c[i + 1];
+                i += 2;
+                delimited(&mut i, d)?;
+            }
+            if i < n && c[i] == ',' {
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        while i < n && (c[i] == ' ' || c[i] == '!') {
+            i += 1;
+        }
+        if i >= n {
+            return Err("address without a command".into());
+        }
+        let cmd = c[i];
+        i += 1;
+        match cmd {
+            'p' | 'd' | 'q' | 'Q' | '=' | 'n' | 'N' | 'P' | 'D' | 'l' | 'z' | 'h' | 'H' | 'g'
+            | 'G' | 'x' | '{' | '}' => {
+                // q/Q/l may take a number.
+                while i < n && c[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            's' | 'y' => {
+                if i >= n || c[i] == '\\' || c[i] == '\n' {
+                    return Err("bad delimiter".into());
+                }
+                let d = c[i];
+                i += 1;
+                delimited(&mut i, d)?;
+                delimited(&mut i, d)?;
+                if cmd == 's' {
+                    while i < n && c[i] != ';' && c[i] != '}' && c[i] != ' ' {
+                        if !(c[i].is_ascii_digit() || "gpiImM".contains(c[i])) {
+                            return Err(format!("s flag {:?} is not allowed", c[i]));
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            other => return Err(format!("command {other:?} is not allowed")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn sed_scripts() {
+        for ok in [
+            "1,10p",
+            "s/error/ERR/g",
+            "/x/d",
+            "$p",
+            "1~2p",
+            "s|a|b|2",
+            "5q",
+            "/a/,/b/p",
+            "y/abc/xyz/",
+            "1!G;h;$!d",
+        ] {
+            assert!(sed_script_is_safe(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "1e touch /tmp/x",
+            "s/a/b/e",
+            "s/a/b/w /tmp/x",
+            "w /tmp/x",
+            "r /etc/passwd",
+            "1R /etc/shadow",
+            "a hi",
+            "#n",
+            "e",
+            "s/a/b/;e id",
+            "W /x",
+            "1,10F",
+        ] {
+            assert!(sed_script_is_safe(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dangerous_options() {
+        for bad in [
+            v(&[
+                "find",
+                "/var/log/app",
+                "-name",
+                "x",
+                "-exec",
+                "touch",
+                "/tmp/x",
+                ";",
+            ]),
+            v(&["find", "/var/log", "-delete"]),
+            v(&["sed", "-n", "1e touch /tmp/x", "/var/log/app/a"]),
+            v(&["sed", "-i", "s/a/b/", "/var/log/app/a"]),
+            v(&["awk", "BEGIN{system(\"touch /tmp/x\")}", "/var/log/a"]),
+            v(&["awk", "{print > \"/tmp/x\"}", "/var/log/a"]),
+            v(&["awk", "-f", "/tmp/prog", "/var/log/a"]),
+            v(&["grep", "-f", "/etc/passwd", "/var/log/a"]),
+            v(&["grep", "--file=/etc/passwd", "/var/log/a"]),
+            v(&["grep", "-if", "/etc/passwd", "/var/log/a"]),
+            v(&["tar", "--to-command=sh", "-tf", "/var/log/a.tar"]),
+            v(&["tar", "xf", "/var/log/a.tar"]),
+            v(&["git", "-c", "core.pager=sh", "log"]),
+            v(&["journalctl", "--vacuum-time=1s"]),
+            v(&["psql", "-c", "\\! id"]),
+            v(&["psql", "-c", "COPY t TO PROGRAM 'id'"]),
+            v(&["sort", "-o", "/tmp/x", "/var/log/a"]),
+            v(&["env", "sh"]),
+            v(&["bash", "-c", "id"]),
+            v(&["vim", "/var/log/a"]),
+            v(&["tee", "/tmp/x"]),
+            v(&["/usr/bin/python3", "-c", "1"]),
+        ] {
+            assert!(check(&bad).is_err(), "{bad:?} must be refused");
+        }
+        for ok in [
+            v(&["find", "/var/log/app", "-name", "app.log"]),
+            v(&["sed", "-n", "1,5p", "/var/log/a"]),
+            v(&["awk", "{print $1}", "/var/log/a"]),
+            v(&["grep", "-i", "error", "/var/log/a"]),
+            v(&["env"]),
+            v(&["tail", "-n", "5", "/var/log/a"]),
+        ] {
+            assert!(check(&ok).is_ok(), "{ok:?} must pass");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The read-only gate. A command line is split on the bastion with POSIX
+//! word rules ([`lex`]), every stage is matched against the role's patterns
+//! ([`pattern`]) and the built-in table of dangerous tools ([`danger`]),
+//! and only then is a command string built — by postern, with every word
+//! single-quoted — to run on the target as an exec without a PTY and with
+//! a fixed, minimal environment.
+
+pub mod danger;
+pub mod lex;
+pub mod pattern;
+
+pub use pattern::{CommandPattern, PatternError, Token};
+
+use crate::policy::Role;
+use pattern::Mismatch;
+
+/// What the gate decided to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    /// Each pipeline stage's argument vector, paths normalised, pagers
+    /// replaced by `cat`.
+    pub stages: Vec<Vec<String>>,
+    /// The pattern each stage matched.
+    pub rules: Vec<String>,
+}
+
+/// Why the gate refused; shown to the user (escaped) and audited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+/// The environment every gated command runs with: no pager, no colours,
+/// nothing from the client.
+const ENV_PREFIX: &str =
+    "env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 TERM=dumb PAGER=cat \
+SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat";
+
+/// Characters refused in path arguments: nothing a log path needs, and
+/// each one is a way to smuggle shell syntax past a careless join.
+const PATH_FORBIDDEN: &str = ";&|<>()$`\\\"'*?[]{}!# \t";
+
+/// Check `line` against `role`; `Ok` says exactly what will run.
+pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
+    let stages = lex::split(line).map_err(|e| Refusal(e.to_string()))?;
+    let mut out = Allowed {
+        stages: Vec::new(),
+        rules: Vec::new(),
+    };
+    for (i, argv) in stages.iter().enumerate() {
+        let cmd = argv.first().map(String::as_str).unwrap_or("");
+        if is_assignment(cmd) {
+            return Err(Refusal(format!(
+                "environment assignment {} is not allowed",
+                crate::control::escape(cmd.split('=').next().unwrap_or(""))
+            )));
+        }
+        danger::check(argv).map_err(Refusal)?;
+        let (patterns, kind) = if i == 0 {
+            (&role.commands, "command")
+        } else {
+            (&role.filters, "filter")
+        };
+        let mut same_command = Vec::new();
+        let mut bad_path = None;
+        let mut matched = None;
+        for p in patterns {
+            match p.matches(argv) {
+                Ok(norm) => {
+                    matched = Some((p, norm));
+                    break;
+                }
+                Err(Mismatch::Command) => {}
+                Err(Mismatch::Arguments) => same_command.push(p.source()),
+                Err(Mismatch::BadPath(why)) => {
+                    same_command.push(p.source());
+                    bad_path = Some(why);
+                }
+            }
+        }
+        let Some((pattern, norm)) = matched else {
+            let shown = crate::control::escape(cmd);
+            return Err(Refusal(if let Some(why) = bad_path {
+                format!("{shown}: {why}")
+            } else if same_command.is_empty() {
+                format!("{shown} is not an allowed {kind} for this role (type `help` at the prompt for the allowed forms)")
+            } else {
+                format!(
+                    "{shown}: these arguments match no allowed form (allowed: {})",
+                    same_command.join(" | ")
+                )
+            }));
+        };
+        for (tok, arg) in pattern.tokens().iter().zip(&norm) {
+            if matches!(tok, Token::Path(_)) && arg.chars().any(|c| PATH_FORBIDDEN.contains(c)) {
+                return Err(Refusal(format!(
+                    "{}: path holds a shell metacharacter or space",
+                    crate::control::escape(cmd)
+                )));
+            }
+        }
+        danger::check(&norm).map_err(Refusal)?;
+        let runs = if danger::PAGED_AS_CAT.contains(&cmd) {
+            // The pager's job is done by the user's own terminal; the target
+            // only reads the (already checked) files.
+            let files = pattern
+                .tokens()
+                .iter()
+                .zip(&norm)
+                .filter(|(t, _)| matches!(t, Token::Path(_)))
+                .map(|(_, a)| a.clone());
+            std::iter::once("cat".to_string())
+                .chain(std::iter::once("--".to_string()))
+                .chain(files)
+                .collect()
+        } else {
+            norm
+        };
+        out.stages.push(runs);
+        out.rules.push(pattern.source().to_string());
+    }
+    Ok(out)
+}
+
+fn is_assignment(word: &str) -> bool {
+    match word.split_once('=') {
+        Some((name, _)) => {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+/// The command string sent to the target: every word single-quoted, each
+/// stage under the fixed environment, stages joined by `|`.
+pub fn remote_command(allowed: &Allowed) -> String {
+    allowed
+        .stages
+        .iter()
+        .map(|argv| {
+            let words: Vec<String> = argv.iter().map(|w| lex::quote(w)).collect();
+            format!("{ENV_PREFIX} {}", words.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Text for `help` at the prompt: the allowed forms.
+pub fn help(role: &Role) -> String {
+    let mut s = String::from("allowed commands:\n");
+    for p in &role.commands {
+        s.push_str(&format!("  {}\n", p.source()));
+    }
+    if !role.filters.is_empty() {
+        s.push_str("allowed after | :\n");
+        for p in &role.filters {
+            s.push_str(&format!("  {}\n", p.source()));
+        }
+    }
+    s.push_str("<int> a number, <word> a plain word, <arg> any one argument not starting with '-', /a/** a path below /a\n");
+    s.push_str("also: help, exit\n");
+    s
+}
