@@ -198,17 +198,25 @@ pub async fn run(
     let prompt = format!("{}> ", target.name);
     redraw(&w, &prompt, &ed).await;
     let mut status = 0u32;
+    // Keys typed while a command ran, replayed once it is done.
+    let mut typeahead: Vec<u8> = Vec::new();
     'session: loop {
-        let msg = tokio::select! {
-            m = r.wait() => m,
-            _ = &mut watchdog => { status = 255; break 'session; }
+        let data = if !typeahead.is_empty() {
+            Bytes::from(std::mem::take(&mut typeahead))
+        } else {
+            let msg = tokio::select! {
+                m = r.wait() => m,
+                _ = &mut watchdog => { status = 255; break 'session; }
+            };
+            match msg {
+                Some(ChannelMsg::Data { data }) => data,
+                Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => break,
+                Some(_) => continue,
+            }
         };
-        let data = match msg {
-            Some(ChannelMsg::Data { data }) => data,
-            Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => break,
-            Some(_) => continue,
-        };
-        for key in ed.keys(&data) {
+        let keys = ed.keys(&data);
+        let mut keys = keys.into_iter();
+        while let Some(key) = keys.next() {
             match key {
                 Key::Char(c) if ed.line.len() < MAX_LINE => {
                     ed.line.insert(ed.cursor, c);
@@ -284,7 +292,29 @@ pub async fn run(
                             let _ = w.data_bytes(to_crlf(Bytes::from(text), true)).await;
                         }
                         _ => {
-                            status = run_line(&w, &mut r, &up, grant, role, target, trimmed).await;
+                            status = run_line(
+                                &w,
+                                &mut r,
+                                &up,
+                                grant,
+                                role,
+                                target,
+                                trimmed,
+                                &mut typeahead,
+                            )
+                            .await;
+                            if status == LEFT {
+                                status = 255;
+                                break 'session;
+                            }
+                            // Keys already decoded from this packet come
+                            // after the ones typed while the command ran.
+                            let rest: Vec<Key> = keys.by_ref().collect();
+                            if !rest.is_empty() {
+                                let mut replay = encode(&rest);
+                                replay.extend_from_slice(&typeahead);
+                                typeahead = replay;
+                            }
                         }
                     }
                 }
@@ -343,7 +373,40 @@ async fn complete(w: &ChannelWriteHalf<Msg>, prompt: &str, ed: &mut Editor, role
     }
 }
 
-/// Check and run one line; returns its exit status.
+/// `run_line`'s answer when the client went away mid-command.
+const LEFT: u32 = u32::MAX;
+
+/// Turn decoded keys back into the bytes that produce them.
+fn encode(keys: &[Key]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in keys {
+        match k {
+            Key::Char(c) => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+            Key::Enter => out.push(b'\r'),
+            Key::Backspace => out.push(0x7f),
+            Key::Delete => out.extend_from_slice(b"\x1b[3~"),
+            Key::Left => out.extend_from_slice(b"\x1b[D"),
+            Key::Right => out.extend_from_slice(b"\x1b[C"),
+            Key::Home => out.push(0x01),
+            Key::End => out.push(0x05),
+            Key::Up => out.extend_from_slice(b"\x1b[A"),
+            Key::Down => out.extend_from_slice(b"\x1b[B"),
+            Key::Tab => out.push(b'\t'),
+            Key::CtrlC => out.push(0x03),
+            Key::CtrlD => out.push(0x04),
+            Key::CtrlU => out.push(0x15),
+            Key::Ignored => {}
+        }
+    }
+    out
+}
+
+/// Check and run one line; returns its exit status. Keys typed while it
+/// runs go to `typeahead` (Ctrl-C stops the command instead).
+#[allow(clippy::too_many_arguments)]
 async fn run_line(
     w: &ChannelWriteHalf<Msg>,
     r: &mut ChannelReadHalf,
@@ -352,6 +415,7 @@ async fn run_line(
     role: &Role,
     target: &Target,
     line: &str,
+    typeahead: &mut Vec<u8>,
 ) -> u32 {
     let allowed = match crate::gate::check(role, line) {
         Ok(a) => a,
@@ -391,15 +455,20 @@ async fn run_line(
                 Some(_) => {}
             },
             m = r.wait() => match m {
-                // Ctrl-C stops the running command; other keys are dropped.
+                // Ctrl-C stops the running command; other keys wait.
                 Some(ChannelMsg::Data { data }) if data.contains(&0x03) => {
                     let _ = uch.close().await;
                     let _ = w.data_bytes(Bytes::from_static(b"^C\r\n")).await;
                     return 130;
                 }
+                Some(ChannelMsg::Data { data }) => {
+                    if typeahead.len() < MAX_LINE * 4 {
+                        typeahead.extend_from_slice(&data);
+                    }
+                }
                 Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => {
                     let _ = uch.close().await;
-                    return 255;
+                    return LEFT;
                 }
                 Some(_) => {}
             },

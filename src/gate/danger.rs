@@ -403,10 +403,8 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                 }
             }
         }
-        "uniq" => {
-            if args.iter().filter(|a| !a.starts_with('-')).count() > 1 {
-                return refuse("a second operand (output file)");
-            }
+        "uniq" if args.iter().filter(|a| !a.starts_with('-')).count() > 1 => {
+            return refuse("a second operand (output file)");
         }
         "systemctl" => {
             let verb = args

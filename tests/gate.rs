@@ -1,0 +1,322 @@
+//! The read-only gate through the real ssh client against a real sshd:
+//! every refused line leaves no trace on the target, legitimate read-only
+//! work keeps working. The cases extend `shared/corpus/readonly-escapes.txt`
+//! class by class.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use support::*;
+
+struct Gate {
+    b: Bastion,
+    cert: PathBuf,
+    logs: String,
+    canary: PathBuf,
+}
+
+/// A bastion with a read-only role over a log folder in the test dir.
+fn gate() -> Gate {
+    let tmp_logs = tempfile::tempdir().expect("tmp").keep();
+    let logs = tmp_logs.join("log/app");
+    std::fs::create_dir_all(logs.join("sub")).expect("logs");
+    std::fs::write(
+        logs.join("app.log"),
+        "alpha one\nerror two words\ngamma three\nerror four\n",
+    )
+    .expect("log");
+    std::fs::write(logs.join("sub/deep.log"), "deep\n").expect("log");
+    let l = logs.display().to_string();
+    let role = format!(
+        r#"[role.ro]
+requestable_by = ["qa"]
+logins = ["qa"]
+targets = ["env=prod"]
+mode = "read-only"
+commands = [
+  "cat {l}/**", "tail -n <int> {l}/**", "grep <arg> {l}/**", "grep -i <arg> {l}/**",
+  "find {l} -name <arg>", "sed -n <arg> {l}/**", "awk <arg> {l}/**", "less {l}/**",
+  "env", "id", "ls {l}/**", "wc -l {l}/**",
+]
+filters = ["grep <arg>", "head -n <int>", "wc -l", "sort"]
+approvals = {{ required = 1, from = ["qa-lead"] }}
+"#
+    );
+    let b = Bastion::start_with(&role);
+    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
+    let canary = tmp_logs.join("canary");
+    Gate {
+        b,
+        cert,
+        logs: l,
+        canary,
+    }
+}
+
+impl Gate {
+    fn run(&self, line: &str) -> std::process::Output {
+        self.b.login("alice", &self.cert, "qa", &["web-1", line])
+    }
+    fn expand(&self, line: &str) -> String {
+        line.replace("/var/log/app", &self.logs)
+            .replace("/tmp/x", &self.canary.display().to_string())
+    }
+}
+
+fn refused_cases() -> Vec<&'static str> {
+    vec![
+        // chaining and shell syntax
+        "cat /var/log/app/app.log; touch /tmp/x",
+        "cat /var/log/app/app.log;touch /tmp/x",
+        "id && touch /tmp/x",
+        "id || touch /tmp/x",
+        "id & touch /tmp/x",
+        "id\ntouch /tmp/x",
+        "id\rtouch /tmp/x",
+        "id #; touch /tmp/x",
+        "(touch /tmp/x)",
+        "{ touch /tmp/x; }",
+        "cat /var/log/app/$(touch /tmp/x)",
+        "cat \"/var/log/app/$(touch /tmp/x)\"",
+        "cat /var/log/app/`touch /tmp/x`",
+        "cat ${HOME}/.ssh/id_rsa",
+        "cat /var/log/app/app.log > /tmp/x",
+        "cat /var/log/app/app.log >> /tmp/x",
+        "cat < /etc/passwd",
+        "cat /var/log/app/app.log <<EOF",
+        "tail -n 5 /var/log/app/app.log | sh",
+        "tail -n 5 /var/log/app/app.log | bash -c 'touch /tmp/x'",
+        "tail -n 5 /var/log/app/app.log | xargs touch",
+        "tail -n 5 /var/log/app/app.log | tee /tmp/x",
+        "tail -n 5 /var/log/app/app.log |& sh",
+        "tail -n 5 /var/log/app/app.log | ",
+        "cat /var/log/app/*.log",
+        // a parsed argument re-joined without quoting
+        "cat '/var/log/app/a;touch /tmp/x'",
+        "cat \"/var/log/app/a && touch /tmp/x\"",
+        "cat '/var/log/app/a|touch /tmp/x'",
+        "cat '/var/log/app/a$(touch /tmp/x)'",
+        "cat '/var/log/app/a`touch /tmp/x`'",
+        "cat '/var/log/app/a\ntouch /tmp/x'",
+        "tail -n '5;touch /tmp/x' /var/log/app/app.log",
+        // path scope
+        "cat /var/log/app/../../../etc/passwd",
+        "cat /var/log/app/./../../../../etc/passwd",
+        "cat /var/log/app//../../../../etc/passwd",
+        "cat /var/log/app/sub/../../../../../etc/passwd",
+        "cat /etc/passwd",
+        "cat /var/log/app/app.log /etc/passwd",
+        "tail -n 5 /etc/passwd",
+        "cat /var/log/app2/app.log",
+        "cat ~/.ssh/authorized_keys",
+        "cat etc/passwd",
+        "find / -name passwd",
+        "find /var/log/app/.. -name passwd",
+        "ls /var/log/app/../../..",
+        // environment prefixes
+        "PAGER=sh less /var/log/app/app.log",
+        "LESSOPEN='|touch /tmp/x' less /var/log/app/app.log",
+        "SYSTEMD_PAGER=sh id",
+        "LD_PRELOAD=/tmp/x.so id",
+        "env PAGER=sh less /var/log/app/app.log",
+        "env sh -c 'touch /tmp/x'",
+        "env -i sh",
+        // options that run code, write files or read other files
+        "find /var/log/app -name app.log -exec touch /tmp/x \\;",
+        "find /var/log/app -name app.log -execdir touch /tmp/x ;",
+        "find /var/log/app -name app.log -ok touch /tmp/x",
+        "find /var/log/app -name app.log -delete",
+        "find /var/log/app -name app.log -fprint /tmp/x",
+        "find /var/log/app -fls /tmp/x",
+        "grep -f /etc/passwd /var/log/app/app.log",
+        "grep --file=/etc/passwd /var/log/app/app.log",
+        "grep -if /etc/passwd /var/log/app/app.log",
+        "grep -r root /etc",
+        "sed -n '1e touch /tmp/x' /var/log/app/app.log",
+        "sed -n 's/a/b/e' /var/log/app/app.log",
+        "sed -n 'w /tmp/x' /var/log/app/app.log",
+        "sed -n '1r /etc/passwd' /var/log/app/app.log",
+        "sed -n '1R /etc/passwd' /var/log/app/app.log",
+        "sed -i 's/a/b/' /var/log/app/app.log",
+        "awk 'BEGIN{system(\"touch /tmp/x\")}' /var/log/app/app.log",
+        "awk '{print > \"/tmp/x\"}' /var/log/app/app.log",
+        "awk 'BEGIN{\"touch /tmp/x\" | getline}' /var/log/app/app.log",
+        "awk 'BEGIN{while((getline l < \"/etc/passwd\")>0) print l}' /var/log/app/app.log",
+        "awk -f /tmp/x /var/log/app/app.log",
+        "vi /var/log/app/app.log",
+        "man ls",
+        "sh -c 'touch /tmp/x'",
+        "python3 -c 'open(\"/tmp/x\",\"w\")'",
+        "scp -t /tmp",
+        "rsync --server -e.Lsfx . /tmp/x",
+        "touch /tmp/x",
+    ]
+}
+
+#[test]
+fn refuses_every_escape_class_without_effect() {
+    let g = gate();
+    for case in refused_cases() {
+        let line = g.expand(case);
+        let out = g.run(&line);
+        let err = text(&out.stderr);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "{case:?} must be refused; stdout={stdout:?} stderr={err:?}"
+        );
+        assert!(err.contains("postern: refused:"), "{case:?}: {err:?}");
+        assert!(
+            !err.chars().any(|c| c.is_control() && c != '\n'),
+            "{case:?}: raw control char echoed: {err:?}"
+        );
+        assert!(!stdout.contains("root:"), "{case:?} leaked /etc/passwd");
+        assert!(!g.canary.exists(), "{case:?} created the canary");
+    }
+    // Every verdict was logged.
+    let log = g.b.log_text();
+    assert!(
+        log.matches("gate refused").count() >= refused_cases().len(),
+        "each refusal is recorded"
+    );
+}
+
+#[test]
+fn legitimate_read_only_work_keeps_working() {
+    let g = gate();
+    let cases: &[(&str, &str)] = &[
+        ("tail -n 1 /var/log/app/app.log", "error four\n"),
+        ("grep 'two words' /var/log/app/app.log", "error two words\n"),
+        ("grep -i ERROR /var/log/app/app.log | wc -l", "2\n"),
+        ("cat /var/log/app/sub/deep.log", "deep\n"),
+        ("cat /var/log/app//sub/./deep.log", "deep\n"),
+        (
+            "find /var/log/app -name deep.log",
+            "/var/log/app/sub/deep.log\n",
+        ),
+        ("ls /var/log/app/sub", "deep.log\n"),
+        (
+            "sed -n 2,3p /var/log/app/app.log",
+            "error two words\ngamma three\n",
+        ),
+        (
+            "awk '{print $2}' /var/log/app/app.log | sort | head -n 2",
+            "four\none\n",
+        ),
+        ("less /var/log/app/sub/deep.log", "deep\n"),
+        ("grep 'x;touch /tmp/x' /var/log/app/app.log", ""),
+    ];
+    for (case, want) in cases {
+        let out = g.run(&g.expand(case));
+        let want = g.expand(want);
+        assert_eq!(
+            text(&out.stdout),
+            want,
+            "{case}: stderr={}",
+            text(&out.stderr)
+        );
+    }
+    let out = g.run("id");
+    assert!(
+        text(&out.stdout).starts_with("uid="),
+        "{}",
+        text(&out.stderr)
+    );
+    // The fixed environment: no pager, nothing from the client.
+    let out = g.run("env");
+    let env = text(&out.stdout);
+    assert!(
+        env.contains("PAGER=cat") && env.contains("LESSSECURE=1"),
+        "{env}"
+    );
+    assert!(!env.contains("SSH_CLIENT") || !env.contains("LC_"), "{env}");
+    // A failing allowed command keeps its exit status.
+    let out = g.run(&g.expand("cat /var/log/app/missing.log"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!g.canary.exists());
+}
+
+#[test]
+fn a_pty_less_is_no_pager_and_bang_does_nothing() {
+    let g = gate();
+    let mut c = g.b.ssh_cmd(g.b.user("alice"), Some(&g.cert), "qa");
+    c.args(["-tt", "web-1", &g.expand("less /var/log/app/app.log")]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("ssh -tt");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(g.expand("!touch /tmp/x\n:!touch /tmp/x\nq\n").as_bytes());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        text(&out.stdout).contains("gamma three"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!g.canary.exists(), "a pager ran the command");
+}
+
+#[test]
+fn the_prompt_checks_every_line() {
+    let g = gate();
+    let mut c = g.b.ssh_cmd(g.b.user("alice"), Some(&g.cert), "qa");
+    c.args(["-tt", "web-1"]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("ssh -tt");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = g.expand(
+        "help\rid\rcat /etc/passwd\rtouch /tmp/x\rta\t-n 1 /var/log/app/app.log\r\x1b[A\rexit\r",
+    );
+    for chunk in input.as_bytes().chunks(7) {
+        stdin.write_all(chunk).expect("type");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let s = text(&out.stdout);
+    assert!(s.contains("read-only gate on web-1"), "{s}");
+    assert!(s.contains("allowed commands:"), "help lists the forms: {s}");
+    assert!(s.contains("time left on grant"), "{s}");
+    assert!(s.contains("uid="), "id ran: {s}");
+    assert!(s.contains("refused"), "{s}");
+    assert!(!s.contains("root:x:"), "{s}");
+    // Tab completed `ta` to `tail`, and history (up arrow) ran it again.
+    assert_eq!(s.matches("error four").count(), 2, "{s}");
+    assert!(!g.canary.exists());
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn read_only_roles_get_no_forwarding_subsystem_or_shell() {
+    let g = gate();
+    let out = g.b.login("alice", &g.cert, "qa", &["web-1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no command and no pty: {}",
+        text(&out.stderr)
+    );
+    let mut c = g.b.ssh_cmd(g.b.user("alice"), Some(&g.cert), "qa");
+    c.args(["-s", "sftp"]);
+    let out = c.output().expect("ssh -s");
+    assert_ne!(out.status.code(), Some(0));
+    let mut c = g.b.ssh_cmd(g.b.user("alice"), Some(&g.cert), "qa");
+    c.args([
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        "0:127.0.0.1:9",
+    ]);
+    let out = c.output().expect("ssh -R");
+    assert_eq!(out.status.code(), Some(255));
+    let _ = Path::new("/");
+}

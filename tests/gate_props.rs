@@ -1,0 +1,111 @@
+//! Properties of the gate's parser and matcher on generated input: nothing
+//! panics, and whatever it accepts, once quoted and run by a real `sh`,
+//! reaches the program as exactly the argument vector that matched.
+
+use std::path::Path;
+use std::process::Command;
+
+use postern::gate;
+use postern::policy::Policy;
+use proptest::prelude::*;
+
+fn role() -> postern::policy::Role {
+    let mut p = Policy::default();
+    p.add_file(
+        Path::new("props.toml"),
+        r#"[role.r]
+logins = ["qa"]
+mode = "read-only"
+commands = ["printf <arg> <arg> <arg>", "tail -n <int> /var/log/**", "grep <arg> /var/log/**", "id"]
+filters = ["grep <arg>", "wc -l"]
+approvals = { required = 1, from = ["lead"] }
+"#,
+    )
+    .expect("policy");
+    p.roles.remove("r").expect("role")
+}
+
+/// Characters shells care about, and some they do not.
+fn line() -> impl Strategy<Value = String> {
+    let atoms = prop::sample::select(vec![
+        "printf",
+        "tail",
+        "grep",
+        "id",
+        "-n",
+        "5",
+        "/var/log/a",
+        "/var/log/../etc/passwd",
+        " ",
+        " ",
+        " ",
+        "'",
+        "\"",
+        "\\",
+        "$",
+        "(",
+        ")",
+        "`",
+        ";",
+        "&",
+        "|",
+        "<",
+        ">",
+        "*",
+        "?",
+        "[",
+        "#",
+        "~",
+        "=",
+        "\n",
+        "\t",
+        "\0",
+        "a",
+        "b c",
+        "%s",
+        "{",
+        "}",
+        "!",
+        "é",
+        "\u{1b}",
+        "-",
+        "--",
+        ".",
+        "..",
+        "/",
+    ]);
+    prop::collection::vec(atoms, 0..14).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn never_panics(s in ".{0,64}") {
+        let _ = gate::check(&role(), &s);
+        let _ = gate::lex::split(&s);
+    }
+
+    #[test]
+    fn accepted_lines_run_exactly_the_matched_argv(s in line()) {
+        let r = role();
+        if let Ok(allowed) = gate::check(&r, &s) {
+            for argv in &allowed.stages {
+                // Swap the program for one that prints its argv, keep the
+                // quoting postern produces for the words.
+                let quoted: Vec<String> = argv.iter().skip(1).map(|w| gate::lex::quote(w)).collect();
+                let script = format!("printf '%s\\0' MARK {}", quoted.join(" "));
+                let out = Command::new("sh").arg("-c").arg(&script).output().expect("sh");
+                let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+                let mut got: Vec<String> = printed.split('\0').map(String::from).collect();
+                // printf ends every word with NUL: drop the empty tail and MARK.
+                got.pop();
+                prop_assert_eq!(got.first().map(String::as_str), Some("MARK"));
+                prop_assert_eq!(&got[1..], &argv[1..], "line {:?}", s);
+                // And no word the shell could have expanded survived unquoted.
+                let remote = gate::remote_command(&allowed);
+                prop_assert!(!remote.contains('\n'));
+            }
+        }
+    }
+}
