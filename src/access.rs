@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use russh::keys::PublicKey;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::app::App;
 use crate::ca::{self, now_secs, CertRequest};
@@ -151,6 +152,8 @@ pub enum AccessError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -230,6 +233,11 @@ pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Reques
             .to_openssh()
             .map_err(|e| AccessError::Internal(e.to_string()))?,
     };
+    app.audit.record(
+        "request.created",
+        &caller.name,
+        json!({ "request": req.id, "role": req.role, "duration_secs": req.duration_secs, "reason": req.reason, "targets": req.targets }),
+    )?;
     if role.approvals_required == 0 {
         grant_request(app, role, &mut req)?;
     }
@@ -248,6 +256,8 @@ pub fn load_request(app: &App, id: &str) -> Result<Request, AccessError> {
     {
         req.state = RequestState::Expired;
         app.store.put(REQUESTS, &req.id, &req)?;
+        app.audit
+            .record("request.expired", "-", json!({ "request": req.id }))?;
     }
     Ok(req)
 }
@@ -305,6 +315,11 @@ pub fn approve(
         at: now_secs(),
         text: comment.map(str::to_string),
     });
+    app.audit.record(
+        "request.approved_by",
+        &caller.name,
+        json!({ "request": req.id, "comment": comment, "approvals": req.approvals.len() }),
+    )?;
     let role = role(&policy, &req.role)?;
     if req.approvals.len() >= role.approvals_required {
         grant_request(app, role, &mut req)?;
@@ -334,6 +349,11 @@ pub fn deny(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Reques
         text: Some(reason.to_string()),
     });
     app.store.put(REQUESTS, &req.id, &req)?;
+    app.audit.record(
+        "request.denied",
+        &caller.name,
+        json!({ "request": req.id, "reason": reason }),
+    )?;
     Ok(req)
 }
 
@@ -356,6 +376,11 @@ fn grant_request(app: &App, role: &Role, req: &mut Request) -> Result<(), Access
         revoked: None,
     };
     app.store.put(GRANTS, &id, &grant)?;
+    app.audit.record(
+        "grant.created",
+        "-",
+        json!({ "request": req.id, "grant": id, "user": grant.user, "role": grant.role, "start": grant.start, "end": grant.end, "serial": serial }),
+    )?;
     req.state = RequestState::Approved;
     req.grant = Some(id);
     Ok(())
@@ -440,6 +465,11 @@ pub fn certificate(app: &App, caller: &Caller, id: &str) -> Result<(Grant, Strin
         .map_err(|e| AccessError::Internal(e.to_string()))?;
     grant.cert = Some(text.clone());
     app.store.put(GRANTS, &grant.id, &grant)?;
+    app.audit.record(
+        "cert.issued",
+        &caller.name,
+        json!({ "grant": grant.id, "serial": grant.serial, "principals": grant.logins, "valid_before": grant.end }),
+    )?;
     Ok((grant, text))
 }
 
@@ -466,6 +496,11 @@ pub fn revoke(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Gran
             text: Some(reason.to_string()),
         });
         app.store.put(GRANTS, &grant.id, &grant)?;
+        app.audit.record(
+            "grant.revoked",
+            &caller.name,
+            json!({ "grant": grant.id, "serial": grant.serial, "reason": reason }),
+        )?;
     }
     Ok(grant)
 }

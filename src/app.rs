@@ -24,6 +24,10 @@ pub struct App {
     pub host_key: PrivateKey,
     /// The bastion's identity towards targets.
     pub target_key: Arc<PrivateKey>,
+    /// The hash-chained audit log.
+    pub audit: crate::audit::Audit,
+    /// Live sessions, for watch and kill.
+    pub live: crate::sessions::Registry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,8 @@ pub enum StartError {
     Key(#[from] ca::KeyError),
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("{path}: {source}")]
     Store {
         path: String,
@@ -53,7 +59,10 @@ impl App {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        let audit = crate::audit::Audit::open(store.clone())?;
         Ok(App {
+            live: crate::sessions::Registry::default(),
+            audit,
             config,
             store,
             policy: RwLock::new(Arc::new(policy)),
@@ -76,11 +85,26 @@ impl App {
 
     /// Load the policy folder again; on error the old policy stays.
     pub fn reload_policy(&self) -> Result<usize, crate::policy::PolicyError> {
-        let p = Policy::load_dir(&self.config.policies_dir)?;
+        let p = match Policy::load_dir(&self.config.policies_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                self.audit.note(
+                    "policy.reload_failed",
+                    "-",
+                    serde_json::json!({ "error": e.to_string() }),
+                );
+                return Err(e);
+            }
+        };
         for w in &p.warnings {
             tracing::warn!("policy: {w}");
         }
         let roles = p.roles.len();
+        self.audit.note(
+            "policy.reloaded",
+            "-",
+            serde_json::json!({ "roles": roles, "users": p.users.len(), "targets": p.targets.len() }),
+        );
         match self.policy.write() {
             Ok(mut g) => *g = Arc::new(p),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(p),

@@ -33,6 +33,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     request_ttl: Option<String>,
     connect_timeout: Option<String>,
+    on_record_failure: Option<String>,
 }
 
 /// The resolved configuration of one bastion.
@@ -58,6 +59,9 @@ pub struct Config {
     pub request_ttl: Duration,
     /// How long to wait for a target to answer.
     pub connect_timeout: Duration,
+    /// End a session whose recording fails (`on_record_failure = "terminate"`,
+    /// the default) rather than let it go on unrecorded (`"continue"`).
+    pub terminate_on_record_failure: bool,
 }
 
 pub const DEFAULT_FILE: &str = "postern.toml";
@@ -74,6 +78,7 @@ target_key = "hostkeys/target_ed25519"
 control_socket = "data/postern.sock"
 # request_ttl = "24h"      # unattended requests expire after this
 # connect_timeout = "10s"  # how long to wait for a target
+# on_record_failure = "terminate"  # or "continue": go on unrecorded
 "#;
 
 impl Config {
@@ -119,7 +124,17 @@ impl Config {
                         .map_err(|e| err(format!("{key} = {s:?}: {e}"))),
                 }
             };
+        let terminate_on_record_failure = match raw.on_record_failure.as_deref() {
+            None | Some("terminate") => true,
+            Some("continue") => false,
+            Some(other) => {
+                return Err(err(format!(
+                    "on_record_failure = {other:?}: want \"terminate\" or \"continue\""
+                )))
+            }
+        };
         Ok(Config {
+            terminate_on_record_failure,
             listen,
             data_dir: resolve(raw.data_dir, "data"),
             recordings_dir: resolve(raw.recordings_dir, "recordings"),

@@ -2,14 +2,17 @@
 //! with a certificate that permits forwarding, never a target's own sshd
 //! (ProxyJump would bypass the gate and the recording).
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use russh::server::Msg;
 use russh::Channel;
 use tokio::net::TcpStream;
 
+use crate::app::App;
 use crate::policy::{split_host_port, Policy};
 use crate::server::GrantLogin;
+use crate::sessions::SessionLog;
 
 /// Decide whether `host:port` may be forwarded; returns the address to dial.
 pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Result<String, String> {
@@ -52,28 +55,55 @@ pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Resu
     Ok(dest)
 }
 
-/// Copy bytes both ways between the channel and `dest` until either ends.
-pub async fn run(channel: Channel<Msg>, dest: String, timeout: Duration) {
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&dest)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%dest, "forward connect failed: {e}");
+/// Copy bytes both ways between the channel and `dest` until either ends;
+/// the session record keeps destination, timing and byte counts.
+pub async fn run(
+    app: Arc<App>,
+    login: GrantLogin,
+    channel: Channel<Msg>,
+    dest: String,
+    client: Option<String>,
+) {
+    let log = match SessionLog::start(&app, &login, &dest, "forward", client, None).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%dest, "forward refused: {e}");
             let _ = channel.close().await;
             return;
         }
-        Err(_) => {
-            tracing::info!(%dest, "forward connect timed out");
+    };
+    let timeout = app.config.connect_timeout;
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&dest)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             let _ = channel.close().await;
-            return;
+            return log
+                .finish(&format!("connect to {dest} failed: {e}"), None)
+                .await;
+        }
+        Err(_) => {
+            let _ = channel.close().await;
+            return log
+                .finish(&format!("connect to {dest} timed out"), None)
+                .await;
         }
     };
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
     let mut stream = channel.into_stream();
-    match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
-        Ok((up, down)) => tracing::info!(%dest, up, down, "forward closed"),
-        Err(e) => tracing::debug!(%dest, "forward ended: {e}"),
-    }
+    let copied = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut stream, &mut tcp) => r,
+        why = crate::relay::killed(log.kill.clone()) => return log.finish(&why, None).await,
+    };
+    let reason = match copied {
+        Ok((up, down)) => {
+            log.counters.bytes_in.store(up, Ordering::Relaxed);
+            log.counters.bytes_out.store(down, Ordering::Relaxed);
+            "closed".to_string()
+        }
+        Err(e) => format!("ended: {e}"),
+    };
+    log.finish(&reason, None).await;
 }
 
 #[cfg(test)]

@@ -5,15 +5,18 @@
 //! - [`config`]: `postern.toml`, defaults and clear errors.
 //! - [`policy`]: users, targets and roles from `policies/*.toml`.
 //! - [`ca`]: key files, issuing user certificates, checking presented ones.
+//! - [`audit`]: the hash-chained audit log.
 //! - [`store`]: the only module that talks to sled.
 //! - [`access`]: requests → approvals → grants → certificates.
 //! - [`control`]: the verbs shared by `ssh access@bastion` and `postern ctl`.
 //! - [`socket`]: the local control socket behind `postern ctl`.
 //! - [`app`]: the shared state of a running bastion.
 //! - [`server`]: the user-facing russh server (authentication, channels).
+//! - [`sessions`]: session records, the live registry, crash recovery.
 //! - [`session`]: one session channel: listing, gate, or proxied session.
 //! - [`relay`]: a client channel joined to a target channel, with the grant watchdog.
 //! - [`prompt`]: the interactive read-only gate prompt.
+//! - [`recording`]: asciicast writer per session, live fan-out, reader.
 //! - [`upstream`]: the target-facing russh client with pinned host keys.
 //! - [`forward`]: local port-forwards.
 //! - [`gate`]: the read-only command gate.
@@ -21,6 +24,7 @@
 
 pub mod access;
 pub mod app;
+pub mod audit;
 pub mod ca;
 pub mod config;
 pub mod control;
@@ -28,9 +32,11 @@ pub mod forward;
 pub mod gate;
 pub mod policy;
 pub mod prompt;
+pub mod recording;
 pub mod relay;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod socket;
 pub mod store;
 pub mod upstream;

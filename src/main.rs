@@ -97,6 +97,17 @@ fn serve(config: PathBuf) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    match postern::sessions::mark_interrupted(&app) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            sessions = n,
+            "marked sessions cut off by the last stop as interrupted"
+        ),
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

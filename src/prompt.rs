@@ -14,8 +14,10 @@ use crate::access::Grant;
 use crate::ca::now_secs;
 use crate::control::escape;
 use crate::policy::{Role, Target};
-use crate::relay::{to_crlf, watch_grant};
-use crate::session::{audit_gate, Context, PtyRequest, GATE_REFUSED};
+use crate::recording::Recorder;
+use crate::relay::{killed, to_crlf, Ending, Watch};
+use crate::session::{Context, PtyRequest, GATE_REFUSED};
+use crate::sessions::SessionLog;
 use crate::upstream::{self, Upstream};
 
 /// Lines kept in history.
@@ -157,6 +159,21 @@ impl Editor {
     }
 }
 
+/// The client's terminal: every byte written is also recorded.
+struct Term<'a> {
+    w: &'a ChannelWriteHalf<Msg>,
+    rec: Option<Recorder>,
+}
+
+impl Term<'_> {
+    async fn write(&self, data: Bytes) -> Result<(), russh::Error> {
+        if let Some(r) = &self.rec {
+            r.output(&data).await;
+        }
+        self.w.data_bytes(data).await
+    }
+}
+
 /// Run the prompt until `exit`, Ctrl-D, the client leaving or the grant
 /// ending.
 pub async fn run(
@@ -166,7 +183,8 @@ pub async fn run(
     role: &Role,
     target: &Target,
     _pty: PtyRequest,
-) {
+    log: &mut SessionLog,
+) -> Ending {
     let id = ch.id();
     let (mut r, w) = ch.split();
     let up = match upstream::connect(
@@ -178,11 +196,31 @@ pub async fn run(
     {
         Ok(u) => u,
         Err(e) => {
-            return crate::session::finish(&w, "", &format!("postern: {e}\n"), 255, true).await;
+            let msg = format!("postern: {e}\n");
+            if let Some(r) = &log.recorder {
+                r.output(&Bytes::from(msg.replace('\n', "\r\n"))).await;
+            }
+            crate::session::finish(&w, "", &msg, 255, true).await;
+            return (format!("target failed: {e}"), Some(255));
         }
     };
-    let watchdog = watch_grant(&ctx.app, &grant.id, &ctx.handle, id, true);
+    let term = Term {
+        w: &w,
+        rec: log.recorder.clone(),
+    };
+    let watch = Watch {
+        app: &ctx.app,
+        grant_id: &grant.id,
+        handle: &ctx.handle,
+        channel: id,
+        pty: true,
+        recorder: log.recorder.clone(),
+    };
+    let watchdog = watch.run();
     tokio::pin!(watchdog);
+    let kill = killed(log.kill.clone());
+    tokio::pin!(kill);
+    let mut reason = "closed".to_string();
     let mut ed = Editor::new();
     let left = |g: &Grant| {
         humantime::format_duration(Duration::from_secs(g.end.saturating_sub(now_secs())))
@@ -194,9 +232,9 @@ pub async fn run(
         grant.id,
         left(grant)
     );
-    let _ = w.data_bytes(Bytes::from(banner)).await;
+    let _ = term.write(Bytes::from(banner)).await;
     let prompt = format!("{}> ", target.name);
-    redraw(&w, &prompt, &ed).await;
+    redraw(&term, &prompt, &ed).await;
     let mut status = 0u32;
     // Keys typed while a command ran, replayed once it is done.
     let mut typeahead: Vec<u8> = Vec::new();
@@ -206,10 +244,20 @@ pub async fn run(
         } else {
             let msg = tokio::select! {
                 m = r.wait() => m,
-                _ = &mut watchdog => { status = 255; break 'session; }
+                why = &mut watchdog => { status = 255; reason = why; break 'session; }
+                why = &mut kill => {
+                    status = 255;
+                    reason = crate::relay::say(&ctx.handle, id, "\r\n", &why).await;
+                    break 'session;
+                }
             };
             match msg {
-                Some(ChannelMsg::Data { data }) => data,
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(rec) = &log.recorder {
+                        rec.input(&data).await;
+                    }
+                    data
+                }
                 Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => break,
                 Some(_) => continue,
             }
@@ -251,18 +299,18 @@ pub async fn run(
                     ed.cursor = 0;
                 }
                 Key::CtrlC => {
-                    let _ = w.data_bytes(Bytes::from_static(b"^C\r\n")).await;
+                    let _ = term.write(Bytes::from_static(b"^C\r\n")).await;
                     ed.set("");
                 }
                 Key::CtrlD if ed.line.is_empty() => {
-                    let _ = w.data_bytes(Bytes::from_static(b"\r\n")).await;
+                    let _ = term.write(Bytes::from_static(b"\r\n")).await;
                     break 'session;
                 }
                 Key::CtrlD => {}
-                Key::Tab => complete(&w, &prompt, &mut ed, role).await,
+                Key::Tab => complete(&term, &mut ed, role).await,
                 Key::Enter => {
                     let line = ed.text();
-                    let _ = w.data_bytes(Bytes::from_static(b"\r\n")).await;
+                    let _ = term.write(Bytes::from_static(b"\r\n")).await;
                     ed.set("");
                     let trimmed = line.trim();
                     if !trimmed.is_empty() && ed.history.last().map(String::as_str) != Some(trimmed)
@@ -289,14 +337,14 @@ pub async fn run(
                                 grant.id,
                                 left(fresh.as_ref().unwrap_or(grant))
                             );
-                            let _ = w.data_bytes(to_crlf(Bytes::from(text), true)).await;
+                            let _ = term.write(to_crlf(Bytes::from(text), true)).await;
                         }
                         _ => {
                             status = run_line(
-                                &w,
+                                &term,
                                 &mut r,
                                 &up,
-                                grant,
+                                log,
                                 role,
                                 target,
                                 trimmed,
@@ -320,24 +368,25 @@ pub async fn run(
                 }
             }
         }
-        redraw(&w, &prompt, &ed).await;
+        redraw(&term, &prompt, &ed).await;
     }
     let _ = w.exit_status(status).await;
     let _ = w.eof().await;
     let _ = w.close().await;
+    (reason, Some(status))
 }
 
-async fn redraw(w: &ChannelWriteHalf<Msg>, prompt: &str, ed: &Editor) {
+async fn redraw(term: &Term<'_>, prompt: &str, ed: &Editor) {
     let mut s = format!("\r\x1b[K{prompt}{}", ed.text());
     let back = ed.line.len() - ed.cursor;
     if back > 0 {
         s.push_str(&format!("\x1b[{back}D"));
     }
-    let _ = w.data_bytes(Bytes::from(s)).await;
+    let _ = term.write(Bytes::from(s)).await;
 }
 
 /// Complete the command name (first word) from what the role allows.
-async fn complete(w: &ChannelWriteHalf<Msg>, prompt: &str, ed: &mut Editor, role: &Role) {
+async fn complete(term: &Term<'_>, ed: &mut Editor, role: &Role) {
     let text = ed.text();
     if text[..].contains(' ') {
         return;
@@ -364,10 +413,9 @@ async fn complete(w: &ChannelWriteHalf<Msg>, prompt: &str, ed: &mut Editor, role
             if common.len() > text.len() {
                 ed.set(&common);
             } else {
-                let _ = w
-                    .data_bytes(Bytes::from(format!("\r\n{}\r\n", many.join("  "))))
+                let _ = term
+                    .write(Bytes::from(format!("\r\n{}\r\n", many.join("  "))))
                     .await;
-                let _ = prompt;
             }
         }
     }
@@ -408,10 +456,10 @@ fn encode(keys: &[Key]) -> Vec<u8> {
 /// runs go to `typeahead` (Ctrl-C stops the command instead).
 #[allow(clippy::too_many_arguments)]
 async fn run_line(
-    w: &ChannelWriteHalf<Msg>,
+    term: &Term<'_>,
     r: &mut ChannelReadHalf,
     up: &Upstream,
-    grant: &Grant,
+    log: &mut SessionLog,
     role: &Role,
     target: &Target,
     line: &str,
@@ -420,17 +468,17 @@ async fn run_line(
     let allowed = match crate::gate::check(role, line) {
         Ok(a) => a,
         Err(refusal) => {
-            audit_gate(grant, &target.name, line, Err(&refusal));
+            log.command(line, Err(&refusal)).await;
             let msg = format!("postern: refused: {}\r\n", escape(&refusal.0));
-            let _ = w.data_bytes(Bytes::from(msg)).await;
+            let _ = term.write(Bytes::from(msg)).await;
             return GATE_REFUSED;
         }
     };
-    audit_gate(grant, &target.name, line, Ok(&allowed));
+    log.command(line, Ok(&allowed)).await;
     let mut uch = match up.open_session(&target.name).await {
         Ok(c) => c,
         Err(e) => {
-            let _ = w.data_bytes(Bytes::from(format!("postern: {e}\r\n"))).await;
+            let _ = term.write(Bytes::from(format!("postern: {e}\r\n"))).await;
             return 255;
         }
     };
@@ -447,7 +495,7 @@ async fn run_line(
         tokio::select! {
             m = uch.wait() => match m {
                 Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
-                    let _ = w.data_bytes(to_crlf(data, true)).await;
+                    let _ = term.write(to_crlf(data, true)).await;
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = exit_status,
                 Some(ChannelMsg::ExitSignal { .. }) => status = 255,
@@ -458,7 +506,7 @@ async fn run_line(
                 // Ctrl-C stops the running command; other keys wait.
                 Some(ChannelMsg::Data { data }) if data.contains(&0x03) => {
                     let _ = uch.close().await;
-                    let _ = w.data_bytes(Bytes::from_static(b"^C\r\n")).await;
+                    let _ = term.write(Bytes::from_static(b"^C\r\n")).await;
                     return 130;
                 }
                 Some(ChannelMsg::Data { data }) => {
@@ -475,8 +523,8 @@ async fn run_line(
         }
     }
     if status != 0 {
-        let _ = w
-            .data_bytes(Bytes::from(format!("[exit {status}]\r\n")))
+        let _ = term
+            .write(Bytes::from(format!("[exit {status}]\r\n")))
             .await;
     }
     status

@@ -1,7 +1,9 @@
 //! The relay: a client channel joined to a fresh channel on a target,
-//! bytes both ways, until either side closes or the grant stops being live
-//! (revoked, shortened, window over) — checked twice a second.
+//! bytes both ways (recorded and counted), until either side closes, an
+//! admin kills the session, the recording fails, or the grant stops being
+//! live (revoked, shortened, window over) — checked twice a second.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +13,9 @@ use russh::{Channel, ChannelId, ChannelMsg};
 use crate::access::Grant;
 use crate::app::App;
 use crate::ca::now_secs;
+use crate::recording::Recorder;
 use crate::session::{finish, Context, PtyRequest};
+use crate::sessions::SessionLog;
 use crate::store::GRANTS;
 use crate::upstream;
 
@@ -28,15 +32,18 @@ pub struct Plan {
     pub crlf: bool,
 }
 
-/// Proxy the channel to a fresh session on `target`, both ways, until one
-/// side closes or the grant stops being live.
+/// How a relayed session ended: (reason, exit status).
+pub type Ending = (String, Option<u32>);
+
+/// Proxy the channel to a fresh session on `target` until it ends.
 pub async fn proxy(
     ch: Channel<Msg>,
     ctx: &Context,
     grant: &Grant,
     target: &crate::policy::Target,
     plan: Plan,
-) {
+    log: &mut SessionLog,
+) -> Ending {
     let id = ch.id();
     let Plan {
         command,
@@ -53,18 +60,11 @@ pub async fn proxy(
     .await
     {
         Ok(u) => u,
-        Err(e) => {
-            tracing::info!(target = %target.name, "upstream failed: {e}");
-            let (_, w) = ch.split();
-            return finish(&w, "", &format!("postern: {e}\n"), 255, is_pty).await;
-        }
+        Err(e) => return fail(ch, log, is_pty, e.to_string()).await,
     };
     let uch = match up.open_session(&target.name).await {
         Ok(c) => c,
-        Err(e) => {
-            let (_, w) = ch.split();
-            return finish(&w, "", &format!("postern: {e}\n"), 255, is_pty).await;
-        }
+        Err(e) => return fail(ch, log, is_pty, e.to_string()).await,
     };
     if let Some(p) = &pty {
         let _ = uch
@@ -84,28 +84,31 @@ pub async fn proxy(
         None => uch.request_shell(true).await,
     };
     if let Err(e) = started {
-        let (_, w) = ch.split();
-        return finish(
-            &w,
-            "",
-            &format!("postern: target {}: {e}\n", target.name),
-            255,
-            is_pty,
-        )
-        .await;
+        return fail(ch, log, is_pty, format!("target {}: {e}", target.name)).await;
     }
-    tracing::info!(grant = %grant.id, target = %target.name, pty = is_pty, exec = command.is_some(), "session started");
+    tracing::info!(session = %log.rec.id, grant = %grant.id, target = %target.name, pty = is_pty, exec = command.is_some(), "session started");
     let (mut cr, cw) = ch.split();
     let (mut ur, uw) = uch.split();
+    let counters = log.counters.clone();
 
     // Client → target.
+    let rec_in = log.recorder.clone();
+    let counters_in = counters.clone();
     let to_target = tokio::spawn(async move {
         if !stdin {
             let _ = uw.eof().await;
         }
         while let Some(msg) = cr.wait().await {
             let sent = match msg {
-                ChannelMsg::Data { data } if stdin => uw.data_bytes(data).await,
+                ChannelMsg::Data { data } if stdin => {
+                    counters_in
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = &rec_in {
+                        r.input(&data).await;
+                    }
+                    uw.data_bytes(data).await
+                }
                 ChannelMsg::Data { .. } => Ok(()),
                 ChannelMsg::Eof if !stdin => Ok(()),
                 ChannelMsg::Eof => uw.eof().await,
@@ -115,6 +118,9 @@ pub async fn proxy(
                     pix_width,
                     pix_height,
                 } => {
+                    if let Some(r) = &rec_in {
+                        r.resize(col_width, row_height).await;
+                    }
                     uw.window_change(col_width, row_height, pix_width, pix_height)
                         .await
                 }
@@ -131,24 +137,48 @@ pub async fn proxy(
 
     // Target → client.
     let handle = ctx.handle.clone();
+    let rec_out = log.recorder.clone();
     let to_client = async {
+        let mut status = None;
         while let Some(msg) = ur.wait().await {
             let sent = match msg {
-                ChannelMsg::Data { data } => cw.data_bytes(to_crlf(data, crlf)).await,
+                ChannelMsg::Data { data } => {
+                    let data = to_crlf(data, crlf);
+                    counters
+                        .bytes_out
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = &rec_out {
+                        r.output(&data).await;
+                    }
+                    cw.data_bytes(data).await
+                }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    cw.extended_data_bytes(ext, to_crlf(data, crlf)).await
+                    let data = to_crlf(data, crlf);
+                    counters
+                        .bytes_out
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = &rec_out {
+                        r.output(&data).await;
+                    }
+                    cw.extended_data_bytes(ext, data).await
                 }
                 ChannelMsg::Eof => cw.eof().await,
-                ChannelMsg::ExitStatus { exit_status } => cw.exit_status(exit_status).await,
+                ChannelMsg::ExitStatus { exit_status } => {
+                    status = Some(exit_status);
+                    cw.exit_status(exit_status).await
+                }
                 ChannelMsg::ExitSignal {
                     signal_name,
                     core_dumped,
                     error_message,
                     lang_tag,
-                } => handle
-                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
-                    .await
-                    .map_err(|_| russh::Error::SendError),
+                } => {
+                    status = Some(255);
+                    handle
+                        .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                        .await
+                        .map_err(|_| russh::Error::SendError)
+                }
                 ChannelMsg::Failure => {
                     let _ = cw
                         .extended_data_bytes(
@@ -157,6 +187,7 @@ pub async fn proxy(
                         )
                         .await;
                     let _ = cw.exit_status(255).await;
+                    status = Some(255);
                     break;
                 }
                 ChannelMsg::Close => break,
@@ -166,20 +197,58 @@ pub async fn proxy(
                 break;
             }
         }
+        status
     };
 
-    let ended = tokio::select! {
-        _ = to_client => None,
-        why = watch_grant(&ctx.app, &grant.id, &ctx.handle, id, is_pty) => Some(why),
+    let watch = Watch {
+        app: &ctx.app,
+        grant_id: &grant.id,
+        handle: &ctx.handle,
+        channel: id,
+        pty: is_pty,
+        recorder: log.recorder.clone(),
+    };
+    let ended: Ending = tokio::select! {
+        status = to_client => ("closed".into(), status),
+        why = watch.run() => (why, Some(255)),
+        why = killed(log.kill.clone()) => {
+            let nl = if is_pty { "\r\n" } else { "\n" };
+            (say(&ctx.handle, id, nl, &why).await, Some(255))
+        }
     };
     to_target.abort();
-    if let Some(why) = &ended {
-        tracing::info!(grant = %grant.id, target = %target.name, %why, "session cut");
+    if ended.0 != "closed" {
+        tracing::info!(session = %log.rec.id, grant = %grant.id, target = %target.name, why = %ended.0, "session cut");
         let _ = ctx.handle.exit_status_request(id, 255).await;
     }
     let _ = ctx.handle.eof(id).await;
     let _ = ctx.handle.close(id).await;
     drop(up);
+    ended
+}
+
+/// The target could not be reached: tell the user (and the recording).
+async fn fail(ch: Channel<Msg>, log: &SessionLog, is_pty: bool, e: String) -> Ending {
+    tracing::info!(session = %log.rec.id, "upstream failed: {e}");
+    if let Some(r) = &log.recorder {
+        r.output(&Bytes::from(format!("postern: {e}\r\n"))).await;
+    }
+    let (_, w) = ch.split();
+    finish(&w, "", &format!("postern: {e}\n"), 255, is_pty).await;
+    (format!("target failed: {e}"), Some(255))
+}
+
+/// Resolve with the reason once an admin kills the session; never, for a
+/// session nobody can reach.
+pub async fn killed(mut kill: tokio::sync::watch::Receiver<Option<String>>) -> String {
+    let why = match kill.wait_for(|k| k.is_some()).await {
+        Ok(v) => v.clone(),
+        Err(_) => None,
+    };
+    match why {
+        Some(w) => w,
+        None => std::future::pending().await,
+    }
 }
 
 /// `\n` → `\r\n` when `on`.
@@ -197,56 +266,75 @@ pub fn to_crlf(data: Bytes, on: bool) -> Bytes {
     Bytes::from(out)
 }
 
-/// Resolve when the grant stops being live (revoked, shortened, window
-/// over), telling the user why; warn at five and one minute before.
-pub async fn watch_grant(
-    app: &App,
-    grant_id: &str,
-    handle: &Handle,
-    id: ChannelId,
-    pty: bool,
-) -> String {
-    let nl = if pty { "\r\n" } else { "\n" };
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut warned = [false, false];
-    loop {
-        tick.tick().await;
-        let now = now_secs();
-        let grant: Option<Grant> = app.store.get(GRANTS, grant_id).ok().flatten();
-        let Some(grant) = grant else {
-            return say(handle, id, nl, "grant no longer exists; closing").await;
-        };
-        if let Some(d) = &grant.revoked {
-            let why = crate::control::escape(d.text.as_deref().unwrap_or(""));
-            return say(
-                handle,
-                id,
-                nl,
-                &format!("access revoked by {} ({why}); closing", d.by),
-            )
-            .await;
-        }
-        if now >= grant.end {
-            return say(handle, id, nl, "access window ended; closing").await;
-        }
-        let left = grant.end - now;
-        for (i, (limit, text)) in [(300, "5m"), (60, "1m")].iter().enumerate() {
-            if left <= *limit && !warned[i] {
-                warned[i] = true;
-                // A window shorter than the warning gets the exact time left.
-                let when = if left + 2 >= *limit {
-                    text.to_string()
-                } else {
-                    humantime::format_duration(Duration::from_secs(left)).to_string()
-                };
-                let msg = format!("{nl}postern: access ends in {when}{nl}");
-                let _ = handle.extended_data(id, 1, Bytes::from(msg)).await;
+/// What a live session is watched for, besides its own end.
+pub struct Watch<'a> {
+    pub app: &'a App,
+    pub grant_id: &'a str,
+    pub handle: &'a Handle,
+    pub channel: ChannelId,
+    pub pty: bool,
+    pub recorder: Option<Recorder>,
+}
+
+impl Watch<'_> {
+    /// Resolve when the grant stops being live or the recording fails
+    /// (with `on_record_failure = "terminate"`), telling the user why; warn
+    /// at five and one minute before the window ends.
+    pub async fn run(self) -> String {
+        let nl = if self.pty { "\r\n" } else { "\n" };
+        let (handle, id) = (self.handle, self.channel);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut warned = [false, false];
+        loop {
+            tick.tick().await;
+            if self.recorder.as_ref().is_some_and(|r| r.has_failed())
+                && self.app.config.terminate_on_record_failure
+            {
+                return say(
+                    handle,
+                    id,
+                    nl,
+                    "recording failed; the session cannot continue unrecorded",
+                )
+                .await;
+            }
+            let now = now_secs();
+            let grant: Option<Grant> = self.app.store.get(GRANTS, self.grant_id).ok().flatten();
+            let Some(grant) = grant else {
+                return say(handle, id, nl, "grant no longer exists; closing").await;
+            };
+            if let Some(d) = &grant.revoked {
+                let why = crate::control::escape(d.text.as_deref().unwrap_or(""));
+                return say(
+                    handle,
+                    id,
+                    nl,
+                    &format!("access revoked by {} ({why}); closing", d.by),
+                )
+                .await;
+            }
+            if now >= grant.end {
+                return say(handle, id, nl, "access window ended; closing").await;
+            }
+            let left = grant.end - now;
+            for (i, (limit, text)) in [(300, "5m"), (60, "1m")].iter().enumerate() {
+                if left <= *limit && !warned[i] {
+                    warned[i] = true;
+                    // A window shorter than the warning gets the exact time left.
+                    let when = if left + 2 >= *limit {
+                        text.to_string()
+                    } else {
+                        humantime::format_duration(Duration::from_secs(left)).to_string()
+                    };
+                    let msg = format!("{nl}postern: access ends in {when}{nl}");
+                    let _ = handle.extended_data(id, 1, Bytes::from(msg)).await;
+                }
             }
         }
     }
 }
 
-async fn say(handle: &Handle, id: ChannelId, nl: &str, text: &str) -> String {
+pub async fn say(handle: &Handle, id: ChannelId, nl: &str, text: &str) -> String {
     let msg = format!("{nl}postern: {text}{nl}");
     let _ = handle.extended_data(id, 1, Bytes::from(msg)).await;
     text.to_string()

@@ -102,6 +102,11 @@ impl Connection {
 
     fn refuse(&self, user: &str, why: &str) -> Auth {
         tracing::info!(peer = ?self.peer, user, why, "login refused");
+        self.app.audit.note(
+            "login.refused",
+            "-",
+            serde_json::json!({ "login": user, "why": why, "client": self.peer.map(|p| p.to_string()) }),
+        );
         Auth::reject()
     }
 
@@ -161,6 +166,11 @@ impl server::Handler for Connection {
             return Ok(self.refuse(user, "key is not enrolled"));
         };
         tracing::info!(peer = ?self.peer, user = %u.name, "control-plane login");
+        self.app.audit.note(
+            "login.accepted",
+            &u.name,
+            serde_json::json!({ "login": user, "client": self.peer.map(|p| p.to_string()) }),
+        );
         self.identity = Some(Identity::Access(Caller {
             name: u.name.clone(),
             groups: u.groups.clone(),
@@ -194,6 +204,11 @@ impl server::Handler for Connection {
             return Ok(self.refuse(user, "login is not one of the grant's logins"));
         }
         tracing::info!(peer = ?self.peer, user = %grant.user, login = user, grant = %grant.id, "certificate login");
+        self.app.audit.note(
+            "login.accepted",
+            &grant.user,
+            serde_json::json!({ "login": user, "grant": grant.id, "serial": cert.serial(), "key_id": cert.key_id(), "client": self.peer.map(|p| p.to_string()) }),
+        );
         self.identity = Some(Identity::Grant(GrantLogin {
             login: user.to_string(),
             key_id: cert.key_id().to_string(),
@@ -246,15 +261,27 @@ impl server::Handler for Connection {
         match crate::forward::check(&policy, login, host_to_connect, port_to_connect) {
             Ok(dest) => {
                 tracing::info!(grant = %login.grant.id, %dest, "forward opened");
+                self.app.audit.note(
+                    "forward.opened",
+                    &login.grant.user,
+                    serde_json::json!({ "grant": login.grant.id, "host": host_to_connect, "port": port_to_connect, "dest": dest }),
+                );
                 reply.accept().await;
                 tokio::spawn(crate::forward::run(
+                    self.app.clone(),
+                    login.clone(),
                     channel,
                     dest,
-                    self.app.config.connect_timeout,
+                    self.peer.map(|p| p.to_string()),
                 ));
             }
             Err(why) => {
                 tracing::info!(grant = %login.grant.id, host = host_to_connect, port = port_to_connect, %why, "forward refused");
+                self.app.audit.note(
+                    "forward.refused",
+                    &login.grant.user,
+                    serde_json::json!({ "grant": login.grant.id, "host": host_to_connect, "port": port_to_connect, "why": why }),
+                );
                 reply
                     .reject(ChannelOpenFailure::AdministrativelyProhibited)
                     .await;

@@ -12,12 +12,13 @@ use bytes::Bytes;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, ChannelWriteHalf, Pty};
 
-use crate::access::{Caller, Grant};
+use crate::access::Caller;
 use crate::app::App;
 use crate::ca::now_secs;
 use crate::policy::{valid_name, Mode};
 use crate::relay::{self, Plan};
 use crate::server::{GrantLogin, Identity};
+use crate::sessions::{SessionLog, Size};
 
 /// What a channel task needs from its connection.
 pub struct Context {
@@ -245,7 +246,37 @@ async fn grant_channel(
             return finish(&w, "", &msg, 1, is_pty).await;
         }
     };
-    match role.mode {
+    if role.mode == Mode::ReadOnly && rest.is_empty() && pty.is_none() {
+        let (_, w) = ch.split();
+        let msg = format!(
+            "postern: {} is read-only: give a command, or use ssh -t for the gate prompt\n",
+            target.name
+        );
+        return finish(&w, "", &msg, 2, false).await;
+    }
+    let kind = match (role.mode, rest.is_empty()) {
+        (Mode::Shell, true) => "shell",
+        (Mode::Shell, false) => "exec",
+        (Mode::ReadOnly, true) => "prompt",
+        (Mode::ReadOnly, false) => "gate",
+    };
+    let size = pty.as_ref().map_or(Size { cols: 80, rows: 24 }, |p| Size {
+        cols: p.cols,
+        rows: p.rows,
+    });
+    let client = ctx.peer.map(|p| p.to_string());
+    let mut log =
+        match SessionLog::start(&ctx.app, login, &target.name, kind, client, Some(size)).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Nothing reaches a target unrecorded.
+                tracing::error!(grant = %grant.id, "session refused: {e}");
+                let (_, w) = ch.split();
+                let msg = format!("postern: {e}; refusing to open an unrecorded session\n");
+                return finish(&w, "", &msg, 255, is_pty).await;
+            }
+        };
+    let (reason, status) = match role.mode {
         Mode::Shell => {
             let plan = Plan {
                 command: if rest.is_empty() {
@@ -257,60 +288,41 @@ async fn grant_channel(
                 stdin: true,
                 crlf: false,
             };
-            relay::proxy(ch, ctx, grant, &target, plan).await
+            relay::proxy(ch, ctx, grant, &target, plan, &mut log).await
         }
-        Mode::ReadOnly if rest.is_empty() => match pty {
-            Some(p) => crate::prompt::run(ch, ctx, grant, role, &target, p).await,
-            None => {
-                let (_, w) = ch.split();
-                let msg = format!(
-                    "postern: {} is read-only: give a command, or use ssh -t for the gate prompt\n",
-                    target.name
-                );
-                finish(&w, "", &msg, 2, false).await
+        Mode::ReadOnly => match pty {
+            Some(p) if rest.is_empty() => {
+                crate::prompt::run(ch, ctx, grant, role, &target, p, &mut log).await
             }
+            _ => match crate::gate::check(role, rest) {
+                Err(refusal) => {
+                    log.command(rest, Err(&refusal)).await;
+                    let msg = format!("postern: refused: {}\n", crate::control::escape(&refusal.0));
+                    if let Some(r) = &log.recorder {
+                        r.output(&Bytes::from(msg.replace('\n', "\r\n"))).await;
+                    }
+                    let (_, w) = ch.split();
+                    finish(&w, "", &msg, GATE_REFUSED, is_pty).await;
+                    ("refused by the gate".to_string(), Some(GATE_REFUSED))
+                }
+                Ok(allowed) => {
+                    log.command(rest, Ok(&allowed)).await;
+                    let plan = Plan {
+                        command: Some(crate::gate::remote_command(&allowed)),
+                        pty: None,
+                        stdin: false,
+                        crlf: is_pty,
+                    };
+                    relay::proxy(ch, ctx, grant, &target, plan, &mut log).await
+                }
+            },
         },
-        Mode::ReadOnly => match crate::gate::check(role, rest) {
-            Err(refusal) => {
-                audit_gate(grant, &target.name, rest, Err(&refusal));
-                let (_, w) = ch.split();
-                let msg = format!("postern: refused: {}\n", crate::control::escape(&refusal.0));
-                finish(&w, "", &msg, GATE_REFUSED, is_pty).await
-            }
-            Ok(allowed) => {
-                audit_gate(grant, &target.name, rest, Ok(&allowed));
-                let plan = Plan {
-                    command: Some(crate::gate::remote_command(&allowed)),
-                    pty: None,
-                    stdin: false,
-                    crlf: is_pty,
-                };
-                relay::proxy(ch, ctx, grant, &target, plan).await
-            }
-        },
-    }
+    };
+    log.finish(&reason, status).await;
 }
 
 /// Exit status of a command the gate refused.
 pub const GATE_REFUSED: u32 = 126;
-
-/// Record a gate verdict.
-pub fn audit_gate(
-    grant: &Grant,
-    target: &str,
-    line: &str,
-    verdict: Result<&crate::gate::Allowed, &crate::gate::Refusal>,
-) {
-    let line = crate::control::escape(line);
-    match verdict {
-        Ok(a) => {
-            tracing::info!(grant = %grant.id, target, command = %line, rules = ?a.rules, "gate allowed")
-        }
-        Err(r) => {
-            tracing::info!(grant = %grant.id, target, command = %line, why = %r.0, "gate refused")
-        }
-    }
-}
 
 fn mode_name(m: Mode) -> &'static str {
     match m {

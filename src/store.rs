@@ -113,3 +113,45 @@ fn decode<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T
         message: e.to_string(),
     })
 }
+
+/// The audit chain lives in its own tree, keyed by sequence number.
+const AUDIT: &str = "audit";
+
+impl Store {
+    /// The last audit event (sequence, bytes), if any.
+    pub fn audit_last(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let t = self.db.open_tree(AUDIT)?;
+        Ok(t.last()?.map(|(k, v)| (seq_of(&k), v.to_vec())))
+    }
+
+    /// Append one encoded audit event at `seq` and flush before returning.
+    pub fn audit_put(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.db.open_tree(AUDIT)?.insert(seq.to_be_bytes(), bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Audit events from `from_seq` on, in order.
+    pub fn audit_scan(&self, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let t = self.db.open_tree(AUDIT)?;
+        let mut out = Vec::new();
+        for item in t.range(from_seq.to_be_bytes()..) {
+            let (k, v) = item?;
+            out.push((seq_of(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Overwrite a stored audit event as-is (tests use it to corrupt one).
+    #[doc(hidden)]
+    pub fn audit_overwrite(&self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.audit_put(seq, bytes)
+    }
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[8 - n..].copy_from_slice(&k[k.len() - n..]);
+    u64::from_be_bytes(b)
+}

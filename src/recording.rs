@@ -1,0 +1,420 @@
+//! Session recordings: one asciicast v2 file per session channel, written
+//! by its own task from a bounded queue, so a slow disk slows a session
+//! only once the queue is full and a fast session never waits on a write.
+//! Each batch is flushed as soon as it is written (so a `kill -9` loses at
+//! most the batch in flight), hashed as it goes, and fanned out to live
+//! watchers over a bounded broadcast that drops for laggards.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use asciicast::{Entry, EventType, Header};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc};
+
+/// Queue depth between a session and its writer.
+const QUEUE: usize = 256;
+/// Live fan-out depth; a watcher further behind than this skips ahead.
+const FANOUT: usize = 1024;
+
+/// What a session hands its recorder.
+#[derive(Debug)]
+enum Rec {
+    Out(f64, Bytes),
+    In(f64, Bytes),
+    Resize(f64, u32, u32),
+    Marker(f64, String),
+}
+
+/// One recorded line, numbered, for live watchers.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// 0 for the first event line after the header.
+    pub seq: u64,
+    /// The asciicast line, without newline.
+    pub text: Arc<str>,
+}
+
+/// The session-side handle of a recording.
+#[derive(Clone)]
+pub struct Recorder {
+    /// Events to the writer task; dropping every clone ends the recording.
+    tx: mpsc::Sender<Rec>,
+    /// When the session started; event times are offsets from it.
+    started: Instant,
+    /// Set by the writer when the disk refused a write.
+    pub failed: Arc<AtomicBool>,
+    /// Live fan-out of written lines.
+    pub live: broadcast::Sender<Line>,
+    /// Where the file is.
+    pub path: PathBuf,
+}
+
+/// What the writer reports when the recording is complete.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub size: u64,
+    pub sha256: String,
+    pub error: Option<String>,
+}
+
+impl Recorder {
+    /// Create `dir/ID.cast` and start its writer.
+    pub async fn start(
+        dir: &Path,
+        id: &str,
+        width: u32,
+        height: u32,
+        title: String,
+    ) -> std::io::Result<(Recorder, tokio::task::JoinHandle<Summary>)> {
+        tokio::fs::create_dir_all(dir).await?;
+        let path = dir.join(format!("{id}.cast"));
+        let file = tokio::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .await?;
+        let header = Header {
+            version: 2,
+            width: width.max(1),
+            height: height.max(1),
+            timestamp: chrono::DateTime::from_timestamp(crate::ca::now_secs() as i64, 0),
+            duration: None,
+            idle_time_limit: None,
+            command: None,
+            title: Some(title),
+            env: None,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (live, _) = broadcast::channel(FANOUT);
+        let failed = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write_all(file, header, rx, live.clone(), failed.clone()));
+        Ok((
+            Recorder {
+                tx,
+                started: Instant::now(),
+                failed,
+                live,
+                path,
+            },
+            writer,
+        ))
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub async fn output(&self, data: &Bytes) {
+        let _ = self.tx.send(Rec::Out(self.now(), data.clone())).await;
+    }
+
+    pub async fn input(&self, data: &Bytes) {
+        let _ = self.tx.send(Rec::In(self.now(), data.clone())).await;
+    }
+
+    pub async fn resize(&self, cols: u32, rows: u32) {
+        let _ = self.tx.send(Rec::Resize(self.now(), cols, rows)).await;
+    }
+
+    pub async fn marker(&self, label: String) {
+        let _ = self.tx.send(Rec::Marker(self.now(), label)).await;
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// Decodes a byte stream into UTF-8 text, carrying a character split
+/// across chunks to the next chunk. Bytes that can never be UTF-8 become
+/// U+FFFD (asciicast is JSON text).
+#[derive(Default)]
+pub struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub fn push(&mut self, data: &[u8]) -> String {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(data);
+        let mut out = String::with_capacity(buf.len());
+        let mut rest: &[u8] = &buf;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    break;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            out.push('\u{fffd}');
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            // An incomplete character at the end: keep it.
+                            self.carry = bad.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn write_all(
+    file: tokio::fs::File,
+    header: Header,
+    mut rx: mpsc::Receiver<Rec>,
+    live: broadcast::Sender<Line>,
+    failed: Arc<AtomicBool>,
+) -> Summary {
+    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, file);
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    let mut seq = 0u64;
+    let mut out_dec = Utf8Stream::default();
+    let mut in_dec = Utf8Stream::default();
+    let mut error: Option<String> = None;
+    let mut pending: Vec<String> = Vec::new();
+    match serde_json::to_string(&header) {
+        Ok(h) => pending.push(h),
+        Err(e) => error = Some(e.to_string()),
+    }
+    let mut header_done = false;
+    let mut last_sync = Instant::now();
+    loop {
+        // Take everything queued, write it as one batch, flush, publish.
+        let mut batch = Vec::new();
+        if !pending.is_empty() || rx.recv_many(&mut batch, QUEUE).await > 0 {
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+                if batch.len() >= QUEUE {
+                    break;
+                }
+            }
+        } else {
+            break;
+        }
+        for rec in batch {
+            let line = match rec {
+                Rec::Out(t, d) => {
+                    let text = out_dec.push(&d);
+                    (!text.is_empty()).then(|| entry(t, EventType::Output, text))
+                }
+                Rec::In(t, d) => {
+                    let text = in_dec.push(&d);
+                    (!text.is_empty()).then(|| entry(t, EventType::Input, text))
+                }
+                Rec::Resize(t, c, r) => {
+                    Some(serde_json::json!([round(t), "r", format!("{c}x{r}")]).to_string())
+                }
+                Rec::Marker(t, label) => {
+                    Some(serde_json::json!([round(t), "m", label]).to_string())
+                }
+            };
+            if let Some(l) = line {
+                pending.push(l);
+            }
+        }
+        if error.is_none() {
+            let mut chunk = String::new();
+            for l in &pending {
+                chunk.push_str(l);
+                chunk.push('\n');
+            }
+            // Flush every batch to the OS (survives kill -9); sync to the
+            // disk at most once a second (survives power loss, costs less).
+            let sync = last_sync.elapsed() >= std::time::Duration::from_secs(1);
+            let res = async {
+                w.write_all(chunk.as_bytes()).await?;
+                w.flush().await?;
+                if sync {
+                    w.get_ref().sync_data().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            }
+            .await;
+            if sync {
+                last_sync = Instant::now();
+            }
+            match res {
+                Ok(()) => {
+                    hash.update(chunk.as_bytes());
+                    size += chunk.len() as u64;
+                    for l in pending.drain(..) {
+                        if !header_done {
+                            header_done = true;
+                            continue;
+                        }
+                        let _ = live.send(Line {
+                            seq,
+                            text: Arc::from(l),
+                        });
+                        seq += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("recording write failed: {e}");
+                    error = Some(e.to_string());
+                    failed.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        pending.clear();
+    }
+    if error.is_none() {
+        if let Err(e) = async {
+            w.flush().await?;
+            w.get_ref().sync_data().await
+        }
+        .await
+        {
+            error = Some(e.to_string());
+            failed.store(true, Ordering::SeqCst);
+        }
+    }
+    Summary {
+        size,
+        sha256: hex::encode(hash.finalize()),
+        error,
+    }
+}
+
+fn round(t: f64) -> f64 {
+    (t * 1_000_000.0).round() / 1_000_000.0
+}
+
+fn entry(t: f64, kind: EventType, text: String) -> String {
+    let e = Entry {
+        time: round(t),
+        event_type: kind,
+        event_data: text,
+    };
+    serde_json::to_string(&e).unwrap_or_default()
+}
+
+/// One parsed line of a recording, for replay and search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub time: f64,
+    pub kind: String,
+    pub data: String,
+}
+
+/// Read a recording: its header and events. A torn last line (a crash
+/// mid-write) is dropped; any other bad line is an error naming it.
+pub fn read(path: &Path) -> Result<(serde_json::Value, Vec<Event>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = text.split('\n').enumerate().peekable();
+    let header = match lines.next() {
+        Some((_, h)) => serde_json::from_str::<serde_json::Value>(h)
+            .map_err(|e| format!("{}: line 1: bad header: {e}", path.display()))?,
+        None => return Err(format!("{}: empty recording", path.display())),
+    };
+    if header.get("version").and_then(|v| v.as_u64()) != Some(2) {
+        return Err(format!(
+            "{}: line 1: not an asciicast v2 header",
+            path.display()
+        ));
+    }
+    let mut events = Vec::new();
+    while let Some((i, line)) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        let last = lines.peek().is_none_or(|(_, l)| l.is_empty());
+        match serde_json::from_str::<(f64, String, String)>(line) {
+            Ok((time, kind, data)) if time.is_finite() && time >= 0.0 => {
+                events.push(Event { time, kind, data })
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{}: line {}: bad event time",
+                    path.display(),
+                    i + 1
+                ))
+            }
+            Err(_) if last && !text.ends_with('\n') => break,
+            Err(e) => return Err(format!("{}: line {}: {e}", path.display(), i + 1)),
+        }
+    }
+    Ok((header, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_multibyte_characters_come_out_whole() {
+        let mut d = Utf8Stream::default();
+        let s = "héllo → ✓ 𝄞";
+        let bytes = s.as_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(1) {
+            out.push_str(&d.push(chunk));
+        }
+        assert_eq!(out, s);
+        let mut d = Utf8Stream::default();
+        assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[tokio::test]
+    async fn recording_round_trips_and_is_hashed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (rec, done) = Recorder::start(dir.path(), "s1", 80, 24, "t".into())
+            .await
+            .expect("start");
+        rec.output(&Bytes::from_static(b"hello \xe2\x9c")).await;
+        rec.output(&Bytes::from_static(b"\x93\r\n")).await;
+        rec.resize(100, 40).await;
+        rec.marker("cmd".into()).await;
+        let path = rec.path.clone();
+        drop(rec);
+        let summary = done.await.expect("writer");
+        assert!(summary.error.is_none());
+        let bytes = std::fs::read(&path).expect("file");
+        assert_eq!(summary.size, bytes.len() as u64);
+        assert_eq!(summary.sha256, hex::encode(Sha256::digest(&bytes)));
+        let (h, ev) = read(&path).expect("parses");
+        assert_eq!(h["width"], 80);
+        let text: String = ev
+            .iter()
+            .filter(|e| e.kind == "o")
+            .map(|e| e.data.clone())
+            .collect();
+        assert_eq!(text, "hello ✓\r\n");
+        assert!(ev.iter().any(|e| e.kind == "r" && e.data == "100x40"));
+        assert!(ev.iter().any(|e| e.kind == "m" && e.data == "cmd"));
+    }
+
+    #[test]
+    fn torn_last_line_is_dropped_other_damage_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("a.cast");
+        std::fs::write(
+            &p,
+            "{\"version\":2,\"width\":1,\"height\":1}\n[0.1,\"o\",\"a\"]\n[0.2,\"o\",\"b",
+        )
+        .expect("w");
+        assert_eq!(read(&p).expect("torn tail ok").1.len(), 1);
+        std::fs::write(
+            &p,
+            "{\"version\":2,\"width\":1,\"height\":1}\n[0.1,\"o\"\n[0.2,\"o\",\"b\"]\n",
+        )
+        .expect("w");
+        assert!(read(&p).unwrap_err().contains("line 2"));
+        std::fs::write(&p, "not json\n").expect("w");
+        assert!(read(&p).unwrap_err().contains("line 1"));
+    }
+}

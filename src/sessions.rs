@@ -1,0 +1,289 @@
+//! Session records: who reached which target when, through which grant,
+//! what they ran (gate verdicts), how it ended, and where the recording is
+//! with its size and SHA-256. Live sessions are also in a registry so
+//! auditors can watch them and admins can kill them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::app::App;
+use crate::ca::now_secs;
+use crate::recording::{Line, Recorder, Summary};
+use crate::server::GrantLogin;
+use crate::store::SESSIONS;
+
+/// One gate command and its verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateCommand {
+    pub at: u64,
+    pub line: String,
+    pub allowed: bool,
+    /// The rule that matched (allowed) or why it was refused.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    /// `shell`, `exec`, `gate`, `prompt` or `forward`.
+    pub kind: String,
+    pub user: String,
+    pub login: String,
+    pub key_id: String,
+    pub grant: String,
+    pub request: String,
+    pub role: String,
+    pub target: String,
+    pub client: Option<String>,
+    pub start: u64,
+    pub end: Option<u64>,
+    /// `live`, `ended` or `interrupted`.
+    pub state: String,
+    pub end_reason: Option<String>,
+    pub exit_status: Option<u32>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub recording: Option<String>,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub commands: Vec<GateCommand>,
+}
+
+/// A live session as others can reach it.
+pub struct Live {
+    pub user: String,
+    /// Written recording lines, for watchers.
+    pub lines: broadcast::Sender<Line>,
+    /// Recording file, for the replay part of a watch.
+    pub path: std::path::PathBuf,
+    /// Set to `Some(why)` to end the session.
+    pub kill: watch::Sender<Option<String>>,
+}
+
+/// Registry of live sessions; owned by [`App`].
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<HashMap<String, Arc<Live>>>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &str) -> Option<Arc<Live>> {
+        self.lock().get(id).cloned()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Live>>> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Byte counters shared by a session's two directions.
+#[derive(Default)]
+pub struct Counters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// The session side of a record: updates the store and the recording.
+pub struct SessionLog {
+    app: Arc<App>,
+    pub rec: SessionRecord,
+    /// The recording, when this kind of session has one.
+    pub recorder: Option<Recorder>,
+    writer: Option<tokio::task::JoinHandle<Summary>>,
+    /// Fires with a reason when an admin kills the session.
+    pub kill: watch::Receiver<Option<String>>,
+    pub counters: Arc<Counters>,
+}
+
+/// Terminal size for the recording header.
+pub struct Size {
+    pub cols: u32,
+    pub rows: u32,
+}
+
+impl SessionLog {
+    /// Create the record (state `live`), the recording (unless `size` is
+    /// `None`, for port-forwards) and the registry entry.
+    pub async fn start(
+        app: &Arc<App>,
+        login: &GrantLogin,
+        target: &str,
+        kind: &str,
+        client: Option<String>,
+        size: Option<Size>,
+    ) -> Result<SessionLog, String> {
+        let id = app.store.new_id(SESSIONS, "s").map_err(|e| e.to_string())?;
+        let mut rec = SessionRecord {
+            id: id.clone(),
+            kind: kind.to_string(),
+            user: login.grant.user.clone(),
+            login: login.login.clone(),
+            key_id: login.key_id.clone(),
+            grant: login.grant.id.clone(),
+            request: login.grant.request.clone(),
+            role: login.grant.role.clone(),
+            target: target.to_string(),
+            client,
+            start: now_secs(),
+            end: None,
+            state: "live".into(),
+            end_reason: None,
+            exit_status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            recording: None,
+            size: 0,
+            sha256: None,
+            commands: Vec::new(),
+        };
+        let (recorder, writer) = match size {
+            Some(s) => {
+                let title = format!(
+                    "{} as {} on {} ({})",
+                    rec.user, rec.login, rec.target, rec.kind
+                );
+                let (r, w) =
+                    Recorder::start(&app.config.recordings_dir, &id, s.cols, s.rows, title)
+                        .await
+                        .map_err(|e| format!("cannot start the recording: {e}"))?;
+                rec.recording = Some(r.path.display().to_string());
+                (Some(r), Some(w))
+            }
+            None => (None, None),
+        };
+        app.store
+            .put(SESSIONS, &id, &rec)
+            .map_err(|e| e.to_string())?;
+        app.audit.note(
+            "session.started",
+            &rec.user,
+            json!({ "session": id, "kind": kind, "grant": rec.grant, "target": target, "login": rec.login, "client": rec.client }),
+        );
+        let (kill_tx, kill_rx) = watch::channel(None);
+        if let Some(r) = &recorder {
+            app.live.lock().insert(
+                id.clone(),
+                Arc::new(Live {
+                    user: rec.user.clone(),
+                    lines: r.live.clone(),
+                    path: r.path.clone(),
+                    kill: kill_tx,
+                }),
+            );
+        }
+        Ok(SessionLog {
+            app: app.clone(),
+            rec,
+            recorder,
+            writer,
+            kill: kill_rx,
+            counters: Arc::new(Counters::default()),
+        })
+    }
+
+    /// Record one gate command with its verdict (store, audit, marker).
+    pub async fn command(
+        &mut self,
+        line: &str,
+        verdict: Result<&crate::gate::Allowed, &crate::gate::Refusal>,
+    ) {
+        let (allowed, detail) = match verdict {
+            Ok(a) => (true, a.rules.join(" | ")),
+            Err(r) => (false, r.0.clone()),
+        };
+        let shown = crate::control::escape(line);
+        if allowed {
+            tracing::info!(session = %self.rec.id, command = %shown, rule = %detail, "gate allowed");
+        } else {
+            tracing::info!(session = %self.rec.id, command = %shown, why = %detail, "gate refused");
+        }
+        self.rec.commands.push(GateCommand {
+            at: now_secs(),
+            line: line.to_string(),
+            allowed,
+            detail: detail.clone(),
+        });
+        if let Err(e) = self.app.store.put(SESSIONS, &self.rec.id, &self.rec) {
+            tracing::error!("session record: {e}");
+        }
+        self.app.audit.note(
+            if allowed { "gate.allowed" } else { "gate.refused" },
+            &self.rec.user,
+            json!({ "session": self.rec.id, "target": self.rec.target, "command": line, "detail": detail }),
+        );
+        if let Some(r) = &self.recorder {
+            let verdict = if allowed { "allowed" } else { "refused" };
+            r.marker(format!("{verdict}: {line}")).await;
+        }
+    }
+
+    /// End the session: close the recording, store the summary, audit.
+    pub async fn finish(mut self, reason: &str, exit_status: Option<u32>) {
+        self.app.live.lock().remove(&self.rec.id);
+        drop(self.recorder.take());
+        if let Some(w) = self.writer.take() {
+            match w.await {
+                Ok(s) => {
+                    self.rec.size = s.size;
+                    self.rec.sha256 = Some(s.sha256);
+                    if let Some(e) = s.error {
+                        self.rec.end_reason = Some(format!("recording failed: {e}"));
+                    }
+                }
+                Err(e) => tracing::error!("recording writer: {e}"),
+            }
+        }
+        self.rec.end = Some(now_secs());
+        self.rec.state = "ended".into();
+        if self.rec.end_reason.is_none() {
+            self.rec.end_reason = Some(reason.to_string());
+        }
+        self.rec.exit_status = exit_status;
+        self.rec.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
+        self.rec.bytes_out = self.counters.bytes_out.load(Ordering::Relaxed);
+        if let Err(e) = self.app.store.put(SESSIONS, &self.rec.id, &self.rec) {
+            tracing::error!("session record: {e}");
+        }
+        self.app.audit.note(
+            "session.ended",
+            &self.rec.user,
+            json!({
+                "session": self.rec.id, "reason": self.rec.end_reason, "exit_status": exit_status,
+                "bytes_in": self.rec.bytes_in, "bytes_out": self.rec.bytes_out, "sha256": self.rec.sha256,
+            }),
+        );
+    }
+}
+
+/// At start-up: sessions a crash cut off are marked `interrupted`.
+pub fn mark_interrupted(app: &App) -> Result<usize, crate::store::StoreError> {
+    let mut n = 0;
+    for mut s in app.store.all::<SessionRecord>(SESSIONS)? {
+        if s.state == "live" {
+            s.state = "interrupted".into();
+            s.end_reason = Some("the bastion stopped while the session was live".into());
+            if let Some(path) = &s.recording {
+                if let Ok(bytes) = std::fs::read(path) {
+                    use sha2::Digest;
+                    s.size = bytes.len() as u64;
+                    s.sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes)));
+                }
+            }
+            app.store.put(SESSIONS, &s.id, &s)?;
+            app.audit
+                .note("session.interrupted", "-", json!({ "session": s.id }));
+            n += 1;
+        }
+    }
+    Ok(n)
+}
