@@ -129,7 +129,7 @@ pub enum AccessError {
     NoReason,
     #[error("--targets {0:?} selects none of the role's targets")]
     NoTargets(String),
-    #[error("no request or grant {0:?}")]
+    #[error("unknown id {0:?}")]
     UnknownId(String),
     #[error("request {0} is {1}, not pending")]
     NotPending(String, String),

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::access::{self, Caller, Grant, NewRequest, Request};
 use crate::app::App;
+use crate::auditing;
 use crate::ca::now_secs;
 
 /// What a verb answers: text for stdout and stderr and an exit status.
@@ -15,6 +16,8 @@ pub struct Reply {
     pub stdout: String,
     pub stderr: String,
     pub status: u32,
+    /// Output to stream after `stdout` (replay, watch); SSH only.
+    pub stream: Option<crate::replay::Stream>,
 }
 
 impl Reply {
@@ -85,6 +88,51 @@ enum Verb {
     },
     /// Reload policies (admins).
     Reload,
+    /// List sessions you may see.
+    Sessions {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Unix seconds, RFC 3339, or a duration ago (2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// Search recorded output and gate commands.
+        #[arg(long)]
+        grep: Option<String>,
+    },
+    /// Write a session's asciicast recording to stdout.
+    Export { id: String },
+    /// Play a session's recording with its timing.
+    Replay {
+        id: String,
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long = "idle-limit", value_name = "SECONDS")]
+        idle_limit: Option<f64>,
+    },
+    /// Follow a live session, starting with what happened so far.
+    Watch { id: String },
+    /// End a live session (admins).
+    Kill {
+        id: String,
+        #[arg(long, num_args = 1..)]
+        reason: Vec<String>,
+    },
+    /// List audit events, or `audit verify` the chain.
+    Audit {
+        #[arg(value_enum)]
+        action: Option<AuditAction>,
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum AuditAction {
+    Verify,
 }
 
 /// Run one command line (already split into words) for `caller`.
@@ -113,6 +161,7 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
         }
     };
     let json = cli.json;
+    let mut stream = None;
     let result = match cli.verb {
         Verb::Request {
             role,
@@ -172,6 +221,90 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
                 }
             })
         }
+        Verb::Sessions {
+            user,
+            target,
+            since,
+            until,
+            grep,
+        } => (|| {
+            let f = auditing::Filter {
+                user,
+                target,
+                since: since.as_deref().map(auditing::parse_time).transpose()?,
+                until: until.as_deref().map(auditing::parse_time).transpose()?,
+                grep,
+            };
+            let list = auditing::list(app, caller, &f)?;
+            Ok(if json {
+                to_line(&Value::Array(
+                    list.iter().map(auditing::session_json).collect(),
+                ))
+            } else if list.is_empty() {
+                "no sessions\n".to_string()
+            } else {
+                list.iter().map(auditing::render).collect()
+            })
+        })(),
+        Verb::Export { id } => auditing::export(app, caller, &id),
+        Verb::Replay {
+            id,
+            speed,
+            idle_limit,
+        } => auditing::get(app, caller, &id).and_then(|s| {
+            let path = s.recording.ok_or_else(|| {
+                access::AccessError::Internal(format!("session {id} has no terminal recording"))
+            })?;
+            stream = Some(crate::replay::Stream::Replay {
+                path,
+                speed,
+                idle_limit,
+            });
+            Ok(String::new())
+        }),
+        Verb::Watch { id } => auditing::get(app, caller, &id).and_then(|s| {
+            if app.live.get(&s.id).is_none() {
+                return Err(access::AccessError::Internal(format!(
+                    "session {id} is not live ({}); use replay",
+                    s.state
+                )));
+            }
+            stream = Some(crate::replay::Stream::Watch { session: s.id });
+            Ok(String::new())
+        }),
+        Verb::Kill { id, reason } => auditing::kill(app, caller, &id, &reason.join(" ")),
+        Verb::Audit { action, since } => (|| {
+            if !caller.is_auditor() {
+                return Err(access::AccessError::Internal(
+                    "audit is for auditors and admins".into(),
+                ));
+            }
+            match action {
+                Some(AuditAction::Verify) => match app.audit.verify() {
+                    Ok(n) => Ok(if json {
+                        to_line(&json!({ "id": "audit", "ok": true, "events": n }))
+                    } else {
+                        format!("audit chain ok: {n} events verified\n")
+                    }),
+                    Err(e) => Err(access::AccessError::Internal(format!(
+                        "audit chain broken: {e}"
+                    ))),
+                },
+                None => {
+                    let since = since
+                        .as_deref()
+                        .map(auditing::parse_time)
+                        .transpose()?
+                        .unwrap_or(0);
+                    let events = app.audit.list(since)?;
+                    Ok(if json {
+                        to_line(&Value::Array(events.iter().map(audit_json).collect()))
+                    } else {
+                        events.iter().map(render_event).collect()
+                    })
+                }
+            }
+        })(),
         Verb::Reload => {
             if !caller.is_admin() {
                 Err(access::AccessError::AdminOnly)
@@ -183,12 +316,34 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
         }
     };
     match result {
-        Ok(out) => Reply::ok(out),
+        Ok(out) => Reply {
+            stream,
+            ..Reply::ok(out)
+        },
         Err(e) => {
             tracing::info!(caller = %caller.name, error = %e, "command refused");
             Reply::err(1, escape(&e.to_string()))
         }
     }
+}
+
+fn audit_json(e: &crate::audit::Event) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or_else(|_| json!({}));
+    v["id"] = json!(e.seq);
+    v
+}
+
+fn render_event(e: &crate::audit::Event) -> String {
+    let at = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.at),
+    );
+    format!(
+        "{:>6}  {at}  {:<20} {:<10} {}\n",
+        e.seq,
+        e.kind,
+        escape(&e.actor),
+        escape(&e.data.to_string())
+    )
 }
 
 fn to_line(v: &Value) -> String {

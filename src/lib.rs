@@ -6,6 +6,8 @@
 //! - [`policy`]: users, targets and roles from `policies/*.toml`.
 //! - [`ca`]: key files, issuing user certificates, checking presented ones.
 //! - [`audit`]: the hash-chained audit log.
+//! - [`auditing`]: the auditor's verbs: sessions, export, kill, audit.
+//! - [`replay`]: replay and live watch to an auditor's terminal.
 //! - [`store`]: the only module that talks to sled.
 //! - [`access`]: requests → approvals → grants → certificates.
 //! - [`control`]: the verbs shared by `ssh access@bastion` and `postern ctl`.
@@ -25,6 +27,7 @@
 pub mod access;
 pub mod app;
 pub mod audit;
+pub mod auditing;
 pub mod ca;
 pub mod config;
 pub mod control;
@@ -34,6 +37,7 @@ pub mod policy;
 pub mod prompt;
 pub mod recording;
 pub mod relay;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod sessions;

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::ca::now_secs;
 use crate::policy::{valid_name, Mode};
 use crate::relay::{self, Plan};
+use crate::replay::Stream;
 use crate::server::{GrantLogin, Identity};
 use crate::sessions::{SessionLog, Size};
 
@@ -170,8 +171,6 @@ async fn control_channel(
     pty: bool,
 ) {
     let (mut r, w) = ch.split();
-    // Keep draining the client side so the connection never stalls.
-    let drain = tokio::spawn(async move { while r.wait().await.is_some() {} });
     let reply = if command.trim().is_empty() {
         crate::control::run(&ctx.app, caller, &["--help".to_string()])
     } else {
@@ -184,8 +183,44 @@ async fn control_channel(
             },
         }
     };
-    finish(&w, &reply.stdout, &reply.stderr, reply.status, pty).await;
-    drain.abort();
+    let Some(stream) = reply.stream else {
+        // Keep draining the client side so the connection never stalls.
+        let drain = tokio::spawn(async move { while r.wait().await.is_some() {} });
+        finish(&w, &reply.stdout, &reply.stderr, reply.status, pty).await;
+        drain.abort();
+        return;
+    };
+    let played = match stream {
+        Stream::Replay {
+            path,
+            speed,
+            idle_limit,
+        } => crate::replay::replay(&w, &mut r, &path, speed, idle_limit).await,
+        Stream::Watch { session } => match ctx.app.live.get(&session) {
+            Some(live) => {
+                ctx.app.audit.note(
+                    "session.watched",
+                    &caller.name,
+                    serde_json::json!({ "session": session }),
+                );
+                crate::replay::watch(&w, &mut r, live).await
+            }
+            None => Err(format!("session {session} is not live")),
+        },
+    };
+    match played {
+        Ok(()) => finish(&w, "", "", 0, pty).await,
+        Err(e) => {
+            finish(
+                &w,
+                "",
+                &format!("postern: {}\n", crate::control::escape(&e)),
+                1,
+                pty,
+            )
+            .await
+        }
+    }
 }
 
 async fn grant_channel(

@@ -60,10 +60,19 @@ async fn answer(app: &App, stream: UnixStream) -> std::io::Result<()> {
         Ok(args) => {
             let app_ref = app;
             let r = crate::control::run(app_ref, &Caller::local_admin(), &args);
-            SocketReply {
-                stdout: r.stdout,
-                stderr: r.stderr,
-                status: r.status,
+            if r.stream.is_some() {
+                SocketReply {
+                    stdout: String::new(),
+                    stderr: "postern: replay and watch need a terminal: use ssh access@bastion\n"
+                        .into(),
+                    status: 2,
+                }
+            } else {
+                SocketReply {
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                    status: r.status,
+                }
             }
         }
         Err(e) => SocketReply {

@@ -210,8 +210,8 @@ fn requests_are_checked() {
             &["request", "qa-shell", "--for", "soon", "--reason", "x"],
             "bad duration",
         ),
-        (&["approve", "req-00000000"], "no request"),
-        (&["cert", "req-00000000"], "no request"),
+        (&["approve", "req-00000000"], "unknown id"),
+        (&["cert", "req-00000000"], "unknown id"),
         (&["frobnicate"], "unrecognized subcommand"),
     ];
     for (args, want) in cases {

@@ -240,6 +240,15 @@ impl Bastion {
         self.proc = None;
     }
 
+    /// `kill -9` the server, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(p) = self.proc.take() {
+            let pid = p.0.id().to_string();
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            drop(p);
+        }
+    }
+
     pub fn user(&self, name: &str) -> &User {
         self.users
             .iter()

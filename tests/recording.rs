@@ -1,0 +1,270 @@
+//! Recording, export, replay, watch, kill and search, through the real
+//! ssh client against a real sshd, read back with the real asciinema.
+
+mod support;
+
+use std::io::{BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn sessions(b: &Bastion, who: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["sessions", "--json"];
+    args.extend_from_slice(extra);
+    let out = b.access(who, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+fn asciinema_cat(path: &std::path::Path) -> String {
+    // asciinema 2.2's `cat` insists on a /dev/tty: give it one with script(1).
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("asciinema cat '{}'", path.display()),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script and asciinema (apt-get install asciinema)");
+    assert!(out.status.success(), "asciinema cat: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn exec_sessions_are_recorded_exported_and_private() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    // A multi-byte character split across two writes, and invalid bytes.
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &[
+            "web-1",
+            "printf 'h\\303\\251llo \\342'; sleep 0.3; printf '\\234\\223 done\\n'",
+        ],
+    );
+    assert_eq!(text(&out.stdout), "héllo ✓ done\n");
+
+    let list = sessions(&b, "dave", &[]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let s = &list[0];
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["target"], "web-1");
+    assert_eq!(s["login"], "qa");
+    assert_eq!(s["state"], "ended");
+    assert_eq!(s["exit_status"], 0);
+    assert_eq!(s["bytes_out"], "héllo ✓ done\n".len());
+    let id = s["id"].as_str().expect("id").to_string();
+
+    // The stored size and SHA-256 describe the file.
+    let path = std::path::PathBuf::from(s["recording"].as_str().expect("recording path"));
+    let bytes = std::fs::read(&path).expect("recording exists");
+    assert_eq!(s["size"], bytes.len());
+    let sha = Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .expect("sha256sum");
+    assert!(text(&sha.stdout).starts_with(s["sha256"].as_str().expect("sha")));
+
+    // export → asciinema reads it and the split character came out whole.
+    let out = b.access("dave", &["export", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exported = b.dir.join("exported.cast");
+    std::fs::write(&exported, &out.stdout).expect("write");
+    assert_eq!(
+        std::fs::read(&exported).expect("read"),
+        bytes,
+        "export is the stored file"
+    );
+    assert!(asciinema_cat(&exported).contains("héllo ✓ done"));
+
+    // The requester sees their own; another requester sees nothing.
+    assert_eq!(sessions(&b, "alice", &[]).len(), 1);
+    assert!(sessions(&b, "eve", &[]).is_empty());
+    for verb in [
+        vec!["export", id.as_str()],
+        vec!["replay", id.as_str()],
+        vec!["watch", id.as_str()],
+    ] {
+        let out = b.access("eve", &verb);
+        assert!(!out.status.success(), "eve must not {verb:?}");
+        assert!(!text(&out.stdout).contains("done"));
+    }
+
+    // replay plays it over ssh with no local tools.
+    let out = b.access("dave", &["replay", &id, "--speed", "10"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("héllo ✓ done"));
+}
+
+#[test]
+fn gate_commands_are_recorded_and_searchable() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-readonly", "1h", &["bob"]);
+    let out = b.login("alice", &cert, "qa", &["web-1", "uptime"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = b.login("alice", &cert, "qa", &["web-1", "cat /etc/shadow"]);
+    assert_eq!(out.status.code(), Some(126));
+    let list = sessions(&b, "dave", &["--grep", "shadow"]);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let cmds = list[0]["commands"].as_array().expect("commands");
+    assert_eq!(cmds[0]["line"], "cat /etc/shadow");
+    assert_eq!(cmds[0]["allowed"], false);
+    let list = sessions(&b, "dave", &["--grep", "'load average'"]);
+    assert_eq!(
+        list.len(),
+        1,
+        "output search finds the uptime session: {list:?}"
+    );
+    assert_eq!(list[0]["commands"][0]["allowed"], true);
+    assert!(sessions(&b, "dave", &["--user", "eve"]).is_empty());
+    assert_eq!(
+        sessions(&b, "dave", &["--target", "web-1", "--since", "1h"]).len(),
+        2
+    );
+    // The gate marker is in the recording.
+    let id = list[0]["id"].as_str().expect("id");
+    let out = b.access("dave", &["export", id]);
+    assert!(
+        text(&out.stdout).contains("\"m\",\"allowed: uptime\""),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn watch_follows_a_live_session_and_kill_ends_one() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let mut c = b.ssh_cmd(b.user("alice"), Some(&cert), "qa");
+    c.args([
+        "web-1",
+        "for i in 1 2 3 4 5 6; do echo tick$i; sleep 0.3; done; sleep 30",
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("ssh");
+    let mut r = BufReader::new(child.stdout.take().expect("stdout"));
+    read_until(&mut r, "tick2");
+    let id = eventually(Duration::from_secs(5), "a live session", || {
+        sessions(&b, "dave", &[])
+            .first()
+            .filter(|s| s["state"] == "live")
+            .map(|s| s["id"].as_str().unwrap_or("").to_string())
+    });
+    let mut w = b.ssh_cmd(b.user("dave"), None, "access");
+    w.args(["watch", &id]).stdout(Stdio::piped());
+    let mut watcher = w.spawn().expect("watch");
+    let mut wr = BufReader::new(watcher.stdout.take().expect("stdout"));
+    let seen = read_until(&mut wr, "tick6");
+    assert!(
+        seen.contains("tick1"),
+        "the watch starts with what happened so far: {seen}"
+    );
+    assert!(seen.contains("tick6"), "and follows live: {seen}");
+
+    let started = Instant::now();
+    let out = b.access("dave", &["kill", &id, "--reason", "suspicious activity"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = child.wait().expect("ssh ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "killed in {:?}",
+        started.elapsed()
+    );
+    assert!(!status.success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(err.contains("session killed by dave"), "{err}");
+    let rest = read_until(&mut wr, "session ended");
+    assert!(rest.contains("session ended"), "{rest}");
+    let _ = watcher.wait();
+    let s = &sessions(&b, "dave", &[])[0];
+    assert_eq!(s["state"], "ended");
+    assert!(
+        s["end_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("killed by dave"),
+        "{s}"
+    );
+    // Only admins kill.
+    let out = b.access("alice", &["kill", &id, "--reason", "x"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_slow_watcher_does_not_slow_the_session() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let mut c = b.ssh_cmd(b.user("alice"), Some(&cert), "qa");
+    c.args([
+        "web-1",
+        "sleep 1; head -c 30000000 /dev/zero | tr '\\0' x; echo; echo finished",
+    ]);
+    c.stdout(Stdio::piped());
+    let mut child = c.spawn().expect("ssh");
+    let id = eventually(Duration::from_secs(5), "a live session", || {
+        sessions(&b, "dave", &[])
+            .first()
+            .filter(|s| s["state"] == "live")
+            .map(|s| s["id"].as_str().unwrap_or("").to_string())
+    });
+    // A watcher that never reads its output.
+    let mut w = b.ssh_cmd(b.user("dave"), None, "access");
+    w.args(["watch", &id]).stdout(Stdio::piped());
+    let mut stuck = w.spawn().expect("watch");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read");
+    assert!(child.wait().expect("ssh").success());
+    assert!(text(&out).ends_with("finished\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+}
+
+#[test]
+fn kill_9_leaves_parseable_recordings_and_interrupted_sessions() {
+    let mut b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let mut c = b.ssh_cmd(b.user("alice"), Some(&cert), "qa");
+    c.args([
+        "web-1",
+        "for i in $(seq 1 100); do echo line$i; sleep 0.05; done",
+    ]);
+    c.stdout(Stdio::piped());
+    let mut child = c.spawn().expect("ssh");
+    let mut r = BufReader::new(child.stdout.take().expect("stdout"));
+    read_until(&mut r, "line20");
+    b.kill9();
+    let _ = child.wait();
+    b.serve();
+    let s = &sessions(&b, "dave", &[])[0];
+    assert_eq!(s["state"], "interrupted", "{s}");
+    let path = std::path::PathBuf::from(s["recording"].as_str().expect("path"));
+    let shown = asciinema_cat(&path);
+    assert!(
+        shown.contains("line20"),
+        "everything up to the crash is there: {shown}"
+    );
+}
