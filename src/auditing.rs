@@ -74,7 +74,7 @@ pub fn list(app: &App, caller: &Caller, f: &Filter) -> Result<Vec<SessionRecord>
                 })
         });
     }
-    all.sort_by(|a, b| b.start.cmp(&a.start));
+    all.sort_by_key(|s| std::cmp::Reverse(s.start));
     Ok(all)
 }
 
