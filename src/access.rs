@@ -74,6 +74,9 @@ pub struct Request {
     pub grant: Option<String>,
     /// The requester's public key (OpenSSH text); the certificate is for it.
     pub key: String,
+    /// A planned window's start (unix seconds); `None` = on approval.
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +177,8 @@ pub struct NewRequest<'a> {
     pub duration: Option<&'a str>,
     pub reason: Option<&'a str>,
     pub targets: Option<&'a str>,
+    /// Start of a planned window (unix seconds).
+    pub start: Option<u64>,
 }
 
 pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Request, AccessError> {
@@ -232,6 +237,7 @@ pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Reques
         key: key
             .to_openssh()
             .map_err(|e| AccessError::Internal(e.to_string()))?,
+        start: new.start.filter(|s| *s > now_secs()),
     };
     app.audit.record(
         "request.created",
@@ -360,7 +366,7 @@ pub fn deny(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Reques
 fn grant_request(app: &App, role: &Role, req: &mut Request) -> Result<(), AccessError> {
     let id = app.store.new_id(GRANTS, "grant")?;
     let serial = app.store.new_serial(&id)?;
-    let start = now_secs();
+    let start = req.start.unwrap_or(0).max(now_secs());
     let grant = Grant {
         id: id.clone(),
         request: req.id.clone(),
@@ -503,4 +509,99 @@ pub fn revoke(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Gran
         )?;
     }
     Ok(grant)
+}
+
+/// `extend GRANT --by D`: a longer window, within the role's `max_ttl`
+/// from the grant's start unless an admin forces it with a reason. The
+/// certificate is re-issued on the next `cert` for the new window.
+pub fn extend(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    by: &str,
+    force_reason: Option<&str>,
+) -> Result<Grant, AccessError> {
+    if !caller.is_admin() {
+        return Err(AccessError::AdminOnly);
+    }
+    let by = parse_duration(by)?;
+    let mut grant = find_grant(app, id)?;
+    let now = now_secs();
+    if grant.revoked.is_some() || now >= grant.end {
+        return Err(AccessError::GrantNotLive(
+            grant.id.clone(),
+            grant.state(now).into(),
+        ));
+    }
+    let policy = app.policy();
+    let role = role(&policy, &grant.role)?;
+    let new_end = grant.end.saturating_add(by.as_secs());
+    let force = force_reason.map(str::trim).filter(|r| !r.is_empty());
+    if new_end - grant.start > role.max_ttl.as_secs() && force.is_none() {
+        return Err(AccessError::TooLong {
+            role: role.name.clone(),
+            asked: humantime::format_duration(Duration::from_secs(new_end - grant.start))
+                .to_string(),
+            max: format!(
+                "{}; an admin may pass --force --reason TEXT",
+                humantime::format_duration(role.max_ttl)
+            ),
+        });
+    }
+    let old_end = grant.end;
+    grant.end = new_end;
+    grant.cert = None;
+    app.store.put(GRANTS, &grant.id, &grant)?;
+    app.audit.record(
+        "grant.extended",
+        &caller.name,
+        json!({ "grant": grant.id, "old_end": old_end, "new_end": new_end, "forced": force }),
+    )?;
+    Ok(grant)
+}
+
+/// `shorten GRANT --to D`: the window ends `D` from now (live sessions are
+/// cut when it does).
+pub fn shorten(app: &App, caller: &Caller, id: &str, to: &str) -> Result<Grant, AccessError> {
+    if !caller.is_admin() {
+        return Err(AccessError::AdminOnly);
+    }
+    let to = parse_duration(to)?;
+    let mut grant = find_grant(app, id)?;
+    let now = now_secs();
+    if grant.revoked.is_some() || now >= grant.end {
+        return Err(AccessError::GrantNotLive(
+            grant.id.clone(),
+            grant.state(now).into(),
+        ));
+    }
+    let new_end = now.max(grant.start).saturating_add(to.as_secs());
+    if new_end >= grant.end {
+        return Err(AccessError::Internal(format!(
+            "grant {} already ends sooner; use extend to lengthen it",
+            grant.id
+        )));
+    }
+    let old_end = grant.end;
+    grant.end = new_end;
+    grant.cert = None;
+    app.store.put(GRANTS, &grant.id, &grant)?;
+    app.audit.record(
+        "grant.shortened",
+        &caller.name,
+        json!({ "grant": grant.id, "old_end": old_end, "new_end": new_end }),
+    )?;
+    Ok(grant)
+}
+
+/// Serials of revoked grants, for the KRL.
+pub fn revoked_serials(app: &App) -> Result<Vec<u64>, AccessError> {
+    let all: Vec<Grant> = app.store.all(GRANTS)?;
+    let mut s: Vec<u64> = all
+        .iter()
+        .filter(|g| g.revoked.is_some())
+        .map(|g| g.serial)
+        .collect();
+    s.sort_unstable();
+    Ok(s)
 }

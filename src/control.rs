@@ -58,6 +58,9 @@ enum Verb {
         reason: Option<Vec<String>>,
         #[arg(long, value_name = "SEL")]
         targets: Option<String>,
+        /// Start of a planned window: RFC 3339, unix seconds, or `+2h`.
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
     },
     /// List requests you may see.
     Requests {
@@ -80,6 +83,29 @@ enum Verb {
     Cert { id: String },
     /// List grants.
     Grants,
+    /// Lengthen a grant's window (admins).
+    Extend {
+        id: String,
+        #[arg(long, value_name = "DURATION")]
+        by: String,
+        /// Go past the role's max_ttl (needs --reason).
+        #[arg(long)]
+        force: bool,
+        #[arg(long, num_args = 1..)]
+        reason: Option<Vec<String>>,
+    },
+    /// End a grant's window DURATION from now (admins).
+    Shorten {
+        id: String,
+        #[arg(long, value_name = "DURATION")]
+        to: String,
+    },
+    /// Write an OpenSSH KRL of revoked certificate serials (admins).
+    Krl {
+        /// Where to write it (default: DATA_DIR/revoked.krl).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Revoke a grant.
     Revoke {
         id: String,
@@ -168,17 +194,70 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             duration,
             reason,
             targets,
-        } => access::request(
-            app,
-            caller,
-            NewRequest {
-                role: &role,
-                duration: duration.as_deref(),
-                reason: reason.map(|r| r.join(" ")).as_deref(),
-                targets: targets.as_deref(),
-            },
-        )
-        .map(|r| render_request(&r, json, true)),
+            start,
+        } => start
+            .as_deref()
+            .map(parse_start)
+            .transpose()
+            .and_then(|start| {
+                access::request(
+                    app,
+                    caller,
+                    NewRequest {
+                        role: &role,
+                        duration: duration.as_deref(),
+                        reason: reason.map(|r| r.join(" ")).as_deref(),
+                        targets: targets.as_deref(),
+                        start,
+                    },
+                )
+            })
+            .map(|r| render_request(&r, json, true)),
+        Verb::Extend {
+            id,
+            by,
+            force,
+            reason,
+        } => {
+            let reason = reason.map(|r| r.join(" "));
+            if force && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                Err(access::AccessError::NoReason)
+            } else {
+                access::extend(
+                    app,
+                    caller,
+                    &id,
+                    &by,
+                    if force { reason.as_deref() } else { None },
+                )
+                .map(|g| grant_changed(&g, json, "extended"))
+            }
+        }
+        Verb::Shorten { id, to } => {
+            access::shorten(app, caller, &id, &to).map(|g| grant_changed(&g, json, "shortened"))
+        }
+        Verb::Krl { out } => (|| {
+            if !caller.is_admin() {
+                return Err(access::AccessError::AdminOnly);
+            }
+            let serials = access::revoked_serials(app)?;
+            let bytes = crate::krl::encode(app.ca_public(), &serials)
+                .map_err(access::AccessError::Internal)?;
+            let path = out.unwrap_or_else(|| app.config.data_dir.join("revoked.krl"));
+            std::fs::write(&path, bytes)
+                .map_err(|e| access::AccessError::Internal(format!("{}: {e}", path.display())))?;
+            Ok(if json {
+                to_line(
+                    &json!({ "id": "krl", "path": path.display().to_string(), "serials": serials }),
+                )
+            } else {
+                format!(
+                    "wrote {} ({} revoked serials)\n",
+                    path.display(),
+                    serials.len()
+                )
+            })
+        })(),
         Verb::Requests { pending } => access::visible_requests(app, caller, pending).map(|rs| {
             if json {
                 to_line(&Value::Array(rs.iter().map(request_json).collect()))
@@ -325,6 +404,29 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             Reply::err(1, escape(&e.to_string()))
         }
     }
+}
+
+/// `--start`: `+DURATION` from now, unix seconds, or RFC 3339.
+fn parse_start(s: &str) -> Result<u64, access::AccessError> {
+    if let Some(rel) = s.strip_prefix('+') {
+        return humantime::parse_duration(rel)
+            .map(|d| now_secs() + d.as_secs())
+            .map_err(|e| access::AccessError::BadDuration(s.to_string(), e.to_string()));
+    }
+    auditing::parse_time(s)
+}
+
+fn grant_changed(g: &Grant, json: bool, what: &str) -> String {
+    if json {
+        return to_line(&grant_json(g));
+    }
+    let end = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(g.end),
+    );
+    format!(
+        "{} {what}: now ends {end}; the user fetches a new certificate with: ssh access@bastion cert {}\n",
+        g.id, g.request
+    )
 }
 
 fn audit_json(e: &crate::audit::Event) -> Value {

@@ -21,6 +21,7 @@
 //! - [`recording`]: asciicast writer per session, live fan-out, reader.
 //! - [`upstream`]: the target-facing russh client with pinned host keys.
 //! - [`forward`]: local port-forwards.
+//! - [`krl`]: OpenSSH KRL of revoked serials.
 //! - [`gate`]: the read-only command gate.
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod config;
 pub mod control;
 pub mod forward;
 pub mod gate;
+pub mod krl;
 pub mod policy;
 pub mod prompt;
 pub mod recording;

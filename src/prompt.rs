@@ -210,6 +210,7 @@ pub async fn run(
     };
     let watch = Watch {
         app: &ctx.app,
+        target: &target.name,
         grant_id: &grant.id,
         handle: &ctx.handle,
         channel: id,

@@ -202,6 +202,7 @@ pub async fn proxy(
 
     let watch = Watch {
         app: &ctx.app,
+        target: &target.name,
         grant_id: &grant.id,
         handle: &ctx.handle,
         channel: id,
@@ -269,6 +270,8 @@ pub fn to_crlf(data: Bytes, on: bool) -> Bytes {
 /// What a live session is watched for, besides its own end.
 pub struct Watch<'a> {
     pub app: &'a App,
+    /// The target the session is on; a reload may take it away.
+    pub target: &'a str,
     pub grant_id: &'a str,
     pub handle: &'a Handle,
     pub channel: ChannelId,
@@ -303,6 +306,22 @@ impl Watch<'_> {
             let Some(grant) = grant else {
                 return say(handle, id, nl, "grant no longer exists; closing").await;
             };
+            let policy = self.app.policy();
+            let still_allowed = policy.roles.get(&grant.role).is_some_and(|role| {
+                policy
+                    .targets_for(role, &grant.targets)
+                    .iter()
+                    .any(|t| t.name == self.target)
+            });
+            if !still_allowed {
+                return say(
+                    handle,
+                    id,
+                    nl,
+                    "policy no longer allows this target for your role; closing",
+                )
+                .await;
+            }
             if let Some(d) = &grant.revoked {
                 let why = crate::control::escape(d.text.as_deref().unwrap_or(""));
                 return say(

@@ -77,14 +77,81 @@ const RUNS_CODE: &[&str] = &[
     "builtin",
     "source",
     ".",
+    "mksh",
+    "pdksh",
+    "rbash",
+    "yash",
+    "posh",
+    "toybox",
+    "psql",
+    "mysql",
+    "mariadb",
+    "sqlite",
+    "sqlite3",
+    "redis-cli",
+    "mongo",
+    "mongosh",
+    "cqlsh",
+    "irb",
+    "pry",
+    "erl",
+    "iex",
+    "ghci",
+    "R",
+    "Rscript",
+    "julia",
+    "octave",
+    "jshell",
+    "groovy",
+    "scala",
+    "deno",
+    "bun",
+    "pwsh",
+    "run-parts",
+    "start-stop-daemon",
+    "capsh",
+    "setpriv",
 ];
 
 /// Pagers and editors: they run commands (`!cmd`, `:!`) and must never run
 /// on a target. `less`/`more` are served as a plain read instead.
 const PAGERS_EDITORS: &[&str] = &[
-    "vi", "vim", "nvim", "view", "vimdiff", "rvim", "ex", "ed", "red", "nano", "pico", "emacs",
-    "joe", "mcedit", "man", "info", "pg", "most", "zless", "zmore", "bzless", "bzmore", "xzless",
-    "lessecho", "top", "htop",
+    "vi",
+    "vim",
+    "nvim",
+    "view",
+    "vimdiff",
+    "rvim",
+    "ex",
+    "ed",
+    "red",
+    "nano",
+    "pico",
+    "emacs",
+    "joe",
+    "mcedit",
+    "man",
+    "info",
+    "pg",
+    "most",
+    "zless",
+    "zmore",
+    "bzless",
+    "bzmore",
+    "xzless",
+    "lessecho",
+    "top",
+    "htop",
+    "pager",
+    "editor",
+    "sensible-pager",
+    "sensible-editor",
+    "w3m",
+    "lynx",
+    "elinks",
+    "mutt",
+    "tmux",
+    "screen",
 ];
 
 /// Pagers the gate serves as `cat` of the same (checked) files.
@@ -98,28 +165,81 @@ const WRITES: &[&str] = &[
     "passwd", "iptables", "nft", "sysctl",
 ];
 
+/// The names a program is known by in the tables: the basename, and that
+/// with a version or variant suffix taken off (`python3.11` → `python3`,
+/// `python`; `vim.basic` → `vim`; `gawk`, `original-awk` → `awk`).
+pub fn names(cmd: &str) -> Vec<String> {
+    let base = cmd.rsplit('/').next().unwrap_or(cmd);
+    let stem = base.split('.').next().unwrap_or(base);
+    let unversioned = stem.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_');
+    let mut out = vec![base.to_string(), stem.to_string(), unversioned.to_string()];
+    if unversioned.ends_with("awk") {
+        out.push("awk".into());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn in_table(table: &[&str], cmd: &str) -> bool {
+    names(cmd).iter().any(|n| table.contains(&n.as_str()))
+}
+
+/// The canonical tool name used for option checks.
+fn tool(cmd: &str) -> String {
+    let n = names(cmd);
+    for known in [
+        "find",
+        "sed",
+        "awk",
+        "grep",
+        "egrep",
+        "fgrep",
+        "zgrep",
+        "tar",
+        "git",
+        "journalctl",
+        "sort",
+        "uniq",
+        "systemctl",
+        "jq",
+    ] {
+        if n.iter().any(|x| x == known) {
+            return known.to_string();
+        }
+    }
+    cmd.rsplit('/').next().unwrap_or(cmd).to_string()
+}
+
+/// Is `cmd` a pager the gate serves as `cat`?
+pub fn is_paged_as_cat(cmd: &str) -> bool {
+    in_table(PAGED_AS_CAT, cmd)
+}
+
 /// The warning for a policy author when a pattern's command is a tool the
 /// gate knows to be dangerous, or `None`.
 pub fn tool_warning(cmd: &str) -> Option<&'static str> {
-    let name = cmd.rsplit('/').next().unwrap_or(cmd);
-    if RUNS_CODE.contains(&name) {
-        Some("admits a program that runs other programs; the gate refuses it always")
-    } else if PAGERS_EDITORS.contains(&name) {
+    let name = tool(cmd);
+    let name = name.as_str();
+    if in_table(RUNS_CODE, cmd) {
+        Some("admits a program that runs other programs or a query language; the gate refuses it always")
+    } else if in_table(PAGERS_EDITORS, cmd) {
         Some("admits a pager or editor; the gate refuses it always")
-    } else if WRITES.contains(&name) {
+    } else if in_table(WRITES, cmd) {
         Some("admits a program that writes files or changes the system; the gate refuses it always")
     } else {
         match name {
             "find" => Some("admits find; the gate refuses -exec/-execdir/-ok/-okdir/-delete/-fprint*/-fls"),
             "sed" => Some("admits sed; the gate accepts only scripts of p/d/q/=/s (no e/w/r flags or commands) and no -i"),
-            "awk" | "gawk" | "mawk" | "nawk" => {
-                Some("admits awk; the gate refuses programs using system, getline, pipes, redirection or @include, and -f")
-            }
+            "awk" => Some(
+                "admits awk; the gate refuses programs using system, getline, pipes, redirection, ARGV, ENVIRON, \
+                 SYMTAB or @, and -f",
+            ),
+            "jq" => Some("admits jq; the gate refuses import/include/env/input and file options"),
             "grep" | "egrep" | "fgrep" | "zgrep" => Some("admits grep; the gate refuses -f/--file"),
             "tar" => Some("admits tar; the gate refuses extraction, creation and command options"),
             "git" => Some("admits git; the gate refuses -c, --exec-path, --upload-pack and other command hooks"),
             "journalctl" => Some("admits journalctl; the gate refuses --vacuum*, --rotate, --file and state changes"),
-            "psql" => Some("admits psql; the gate refuses meta-commands, files and server-side program execution"),
             "sort" => Some("admits sort; the gate refuses -o/--output and --compress-program"),
             "systemctl" => Some("admits systemctl; the gate allows only status/show/list-*/is-*/cat verbs"),
             _ => None,
@@ -133,25 +253,27 @@ pub fn check(argv: &[String]) -> Result<(), String> {
     let Some(cmd) = argv.first() else {
         return Err("empty command".into());
     };
-    let name = cmd.rsplit('/').next().unwrap_or(cmd).to_string();
+    let name = tool(cmd);
     let args = &argv[1..];
     let refuse = |what: &str| {
         Err(format!(
             "{name}: {what} is refused (it can run code, write files or read other files)"
         ))
     };
-    if RUNS_CODE.contains(&name.as_str()) {
+    if in_table(RUNS_CODE, cmd) {
         if name == "env" && args.is_empty() {
             return Ok(());
         }
-        return Err(format!("{name} runs other programs; refused"));
+        return Err(format!(
+            "{name} runs other programs or arbitrary queries; refused"
+        ));
     }
-    if PAGERS_EDITORS.contains(&name.as_str()) {
+    if in_table(PAGERS_EDITORS, cmd) {
         return Err(format!(
             "{name} is a pager or editor; it never runs on a target"
         ));
     }
-    if WRITES.contains(&name.as_str()) {
+    if in_table(WRITES, cmd) {
         return Err(format!(
             "{name} writes files or changes the system; refused"
         ));
@@ -207,7 +329,7 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                 }
             }
         }
-        "awk" | "gawk" | "mawk" | "nawk" => {
+        "awk" => {
             let mut program_seen = false;
             let mut i = 0;
             while i < args.len() {
@@ -368,27 +490,31 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                 }
             }
         }
-        "psql" => {
+        "jq" => {
             for a in args {
-                let lower = a.to_lowercase();
-                if a.contains('\\')
-                    || ["-f", "--file", "-o", "--output", "-L", "--log-file"]
-                        .iter()
-                        .any(|b| a == b || a.starts_with(&format!("{b}=")))
-                    || [
-                        "program",
-                        "lo_export",
-                        "lo_import",
-                        "pg_read",
-                        "pg_ls_dir",
-                        "copy",
-                        "pg_execute",
-                        "dblink",
-                    ]
-                    .iter()
-                    .any(|w| lower.contains(w))
+                let l = a.as_str();
+                if [
+                    "-f",
+                    "--from-file",
+                    "-L",
+                    "--slurpfile",
+                    "--rawfile",
+                    "--args",
+                    "--jsonargs",
+                    "--run-tests",
+                ]
+                .iter()
+                .any(|b| l == *b || l.starts_with(&format!("{b}=")))
                 {
-                    return refuse(a);
+                    return refuse(l);
+                }
+                for word in [
+                    "import", "include", "env", "$ENV", "input", "$__prog", "getpath", "debug",
+                    "stderr", "halt",
+                ] {
+                    if !l.starts_with('-') && l.contains(word) {
+                        return refuse(&format!("a jq program using {word}"));
+                    }
                 }
             }
         }
@@ -435,10 +561,31 @@ pub fn check(argv: &[String]) -> Result<(), String> {
 /// awk text (program or assignment) without code execution, file or pipe
 /// I/O or includes. Conservative: `>` and `|` are refused even as
 /// comparison or `||`, since telling them from redirection needs a parser.
+///
+/// The list is by capability: running code (`system`, pipes, `@` indirect
+/// calls and includes), reading other files (`getline`, `ARGV`/`ARGC`,
+/// which name the input files), writing (`>`), and introspection that
+/// reaches the others indirectly (`SYMTAB`, `FUNCTAB`, `PROCINFO`,
+/// `ENVIRON`).
 fn awk_text_is_safe(p: &str) -> Result<(), String> {
     for bad in [
-        "system", "getline", "|", ">", "@", "close", "fflush", "ENVIRON", "PROCINFO", "printf >",
-        "print >",
+        "system",
+        "getline",
+        "|",
+        ">",
+        "@",
+        "close",
+        "fflush",
+        "ENVIRON",
+        "PROCINFO",
+        "SYMTAB",
+        "FUNCTAB",
+        "ARGV",
+        "ARGC",
+        "/inet",
+        "/dev/",
+        "extension",
+        "load",
     ] {
         if p.contains(bad) {
             return Err(format!("awk program using {bad:?}"));
@@ -619,6 +766,19 @@ mod tests {
             v(&["vim", "/var/log/a"]),
             v(&["tee", "/tmp/x"]),
             v(&["/usr/bin/python3", "-c", "1"]),
+            v(&["python3.11", "-c", "1"]),
+            v(&["vim.basic", "/var/log/a"]),
+            v(&["mksh", "-c", "id"]),
+            v(&["psql", "-c", "select 1"]),
+            v(&["sqlite3", "-readonly", "/var/log/a.db", ".shell id"]),
+            v(&["gawk", "BEGIN{ARGV[1]=\"/etc/passwd\"}", "/var/log/a"]),
+            v(&["original-awk", "{print > \"x\"}", "/var/log/a"]),
+            v(&[
+                "jq",
+                "import \"secret\" as $s {search: \"/tmp\"}; $s",
+                "/var/log/a.json",
+            ]),
+            v(&["jq", "-n", "env", "/var/log/a.json"]),
         ] {
             assert!(check(&bad).is_err(), "{bad:?} must be refused");
         }

@@ -46,9 +46,15 @@ impl fmt::Display for LexError {
     }
 }
 
+/// Zero-width and bidirectional formatting characters: they make what is
+/// shown differ from what runs.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
 /// Split `line` into pipeline stages of words.
 pub fn split(line: &str) -> Result<Vec<Vec<String>>, LexError> {
-    if let Some(c) = line.chars().find(|c| c.is_control() && *c != ' ') {
+    if let Some(c) = line.chars().find(|c| c.is_control() || is_invisible(*c)) {
         // Tabs included: a tab is whitespace to sh, but nothing a person
         // types needs one and refusing keeps the rule simple.
         return Err(LexError::ControlChar(c));

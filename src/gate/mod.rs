@@ -35,6 +35,9 @@ const ENV_PREFIX: &str =
     "env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 TERM=dumb PAGER=cat \
 SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat";
 
+/// Longest pipeline the gate runs.
+const MAX_STAGES: usize = 8;
+
 /// Characters refused in path arguments: nothing a log path needs, and
 /// each one is a way to smuggle shell syntax past a careless join.
 const PATH_FORBIDDEN: &str = ";&|<>()$`\\\"'*?[]{}!# \t";
@@ -42,6 +45,9 @@ const PATH_FORBIDDEN: &str = ";&|<>()$`\\\"'*?[]{}!# \t";
 /// Check `line` against `role`; `Ok` says exactly what will run.
 pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
     let stages = lex::split(line).map_err(|e| Refusal(e.to_string()))?;
+    if stages.len() > MAX_STAGES {
+        return Err(Refusal(format!("at most {MAX_STAGES} pipeline stages")));
+    }
     let mut out = Allowed {
         stages: Vec::new(),
         rules: Vec::new(),
@@ -99,7 +105,7 @@ pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
             }
         }
         danger::check(&norm).map_err(Refusal)?;
-        let runs = if danger::PAGED_AS_CAT.contains(&cmd) {
+        let runs = if danger::is_paged_as_cat(cmd) {
             // The pager's job is done by the user's own terminal; the target
             // only reads the (already checked) files.
             let files = pattern
@@ -132,9 +138,9 @@ fn is_assignment(word: &str) -> bool {
     }
 }
 
-/// The command string sent to the target: every word single-quoted, each
+/// The POSIX `sh` script for `allowed`: every word single-quoted, each
 /// stage under the fixed environment, stages joined by `|`.
-pub fn remote_command(allowed: &Allowed) -> String {
+pub fn posix_script(allowed: &Allowed) -> String {
     allowed
         .stages
         .iter()
@@ -144,6 +150,17 @@ pub fn remote_command(allowed: &Allowed) -> String {
         })
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// The command string sent to the target. sshd hands it to the target
+/// login's shell, which may not be POSIX (fish and csh read single quotes
+/// differently, tcsh expands `!` inside them), so the POSIX script travels
+/// base64-encoded: the string holds only `[A-Za-z0-9+/=]`, spaces and `|`,
+/// which every shell reads the same way, and `/bin/sh` runs the script.
+pub fn remote_command(allowed: &Allowed) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(posix_script(allowed));
+    format!("echo {b64} | base64 -d | /bin/sh")
 }
 
 /// Text for `help` at the prompt: the allowed forms.
