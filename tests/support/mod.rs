@@ -240,6 +240,14 @@ impl Bastion {
         self.proc = None;
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc
+            .as_ref()
+            .map(|p| p.0.id())
+            .expect("server running")
+    }
+
     /// `kill -9` the server, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(p) = self.proc.take() {

@@ -1,0 +1,312 @@
+//! Validity windows, revocation, the KRL, policy reload and the audit
+//! chain, against live sessions through the real ssh client and sshd.
+
+mod support;
+
+use std::io::{BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn grant_id(b: &Bastion) -> String {
+    let out = b.ctl(&["grants", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v[0]["id"].as_str().expect("grant id").to_string()
+}
+
+/// A session that prints a line every 100 ms, like `tail -f`.
+fn live_session(
+    b: &Bastion,
+    cert: &std::path::Path,
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut c = b.ssh_cmd(b.user("alice"), Some(cert), "qa");
+    c.args(["web-1", "while :; do echo tick; sleep 0.1; done"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("ssh");
+    let mut r = BufReader::new(child.stdout.take().expect("stdout"));
+    read_until(&mut r, "tick");
+    (child, r)
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[test]
+fn revoke_cuts_a_live_session_within_a_second() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let (mut child, _r) = live_session(&b, &cert);
+    let gid = grant_id(&b);
+    let out = b.ctl(&["revoke", &gid, "--reason", "incident over"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let revoked_at = Instant::now();
+    let status = child.wait().expect("ssh ends");
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_millis(1500), "cut after {took:?}");
+    assert!(!status.success());
+    let err = stderr_of(&mut child);
+    assert!(
+        err.contains("access revoked by ctl (incident over)"),
+        "{err}"
+    );
+    // The serial is refused from then on.
+    let out = b.login("alice", &cert, "qa", &["web-1", "echo in"]);
+    assert_eq!(out.status.code(), Some(255));
+    // And the KRL says so to ssh-keygen.
+    let krl = b.dir.join("revoked.krl");
+    let out = b.ctl(&["krl", "--out", krl.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let q = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&krl)
+        .arg(&cert)
+        .output()
+        .expect("ssh-keygen -Q");
+    assert!(
+        text(&q.stdout).contains("REVOKED"),
+        "{} {}",
+        text(&q.stdout),
+        text(&q.stderr)
+    );
+    // A live grant's certificate is not in it.
+    let (_id2, cert2) = b.granted("eve", "qa-shell", "1h", &["bob"]);
+    let q = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&krl)
+        .arg(&cert2)
+        .output()
+        .expect("ssh-keygen -Q");
+    assert!(text(&q.stdout).contains(": ok"), "{}", text(&q.stdout));
+    assert!(q.status.success());
+}
+
+#[test]
+fn shorten_warns_then_ends_the_window() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let (mut child, _r) = live_session(&b, &cert);
+    let gid = grant_id(&b);
+    let out = b.ctl(&["shorten", &gid, "--to", "5m"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = b.ctl(&["shorten", &gid, "--to", "2s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let at = Instant::now();
+    let _ = child.wait().expect("ssh ends");
+    let took = at.elapsed();
+    assert!(
+        took < Duration::from_millis(3600) && took > Duration::from_millis(900),
+        "ended after {took:?}"
+    );
+    let err = stderr_of(&mut child);
+    assert!(err.contains("postern: access ends in 5m"), "{err}");
+    assert!(err.contains("access window ended"), "{err}");
+}
+
+#[test]
+fn extend_needs_max_ttl_or_force_and_reissues_the_certificate() {
+    let b = Bastion::start();
+    let (id, _cert) = b.granted("alice", "qa-shell", "30m", &["bob"]);
+    let gid = grant_id(&b);
+    let out = b.ctl(&["extend", &gid, "--by", "2h"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("max_ttl"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = b.ctl(&["extend", &gid, "--by", "2h", "--force"]);
+    assert!(!out.status.success(), "--force needs a reason");
+    let out = b.ctl(&["extend", &gid, "--by", "1h"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("cert {id}")),
+        "tells how to fetch: {}",
+        text(&out.stdout)
+    );
+    let out = b.access("alice", &["extend", &gid, "--by", "1m"]);
+    assert!(!out.status.success(), "only admins extend");
+    let cert = b.save_cert("alice", &id);
+    let l = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&cert)
+        .output()
+        .expect("ssh-keygen");
+    let v: serde_json::Value =
+        serde_json::from_slice(&b.ctl(&["grants", "--json"]).stdout).expect("json");
+    let (start, end) = (
+        v[0]["start"].as_u64().expect("start"),
+        v[0]["end"].as_u64().expect("end"),
+    );
+    assert_eq!(end - start, 90 * 60, "30m + 1h");
+    assert!(text(&l.stdout).contains("Valid:"), "{}", text(&l.stdout));
+    let out = b.ctl(&[
+        "extend",
+        &gid,
+        "--by",
+        "4h",
+        "--force",
+        "--reason",
+        "release slipped",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_future_window_cannot_log_in_before_its_start() {
+    let b = Bastion::start();
+    let out = b.access(
+        "alice",
+        &[
+            "request", "qa-shell", "--for", "30m", "--reason", "planned", "--start", "+1h",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let out = b.access("bob", &["approve", &id]);
+    assert!(out.status.success());
+    let cert = b.save_cert("alice", &id);
+    let out = b.login("alice", &cert, "qa", &["web-1", "echo in"]);
+    assert_eq!(out.status.code(), Some(255));
+    let log = b.log_text();
+    assert!(
+        log.contains("is future") || log.contains("not yet valid"),
+        "refused because the window has not started: {log}"
+    );
+}
+
+#[test]
+fn reload_keeps_old_policy_on_error_and_ends_sessions_it_no_longer_allows() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let (mut child, _r) = live_session(&b, &cert);
+    // A broken file: reload fails with file and line, sessions go on.
+    let bad = b.dir.join("policies/broken.toml");
+    std::fs::write(&bad, "[role.x]\nmode = \n").expect("write");
+    let out = b.ctl(&["reload"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("broken.toml: line 2"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(&bad).expect("rm");
+    assert!(child.try_wait().expect("try_wait").is_none(), "still live");
+    // SIGHUP reloads too.
+    let roles = std::fs::read_to_string(b.dir.join("policies/roles.toml")).expect("roles");
+    std::fs::write(
+        b.dir.join("policies/roles.toml"),
+        roles.replace(
+            "targets = [\"env=prod\"]\nmode = \"shell\"",
+            "targets = [\"db-*\"]\nmode = \"shell\"",
+        ),
+    )
+    .expect("write");
+    let pid = b.pid();
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill -HUP");
+    let at = Instant::now();
+    let _ = child.wait();
+    assert!(at.elapsed() < Duration::from_secs(3), "{:?}", at.elapsed());
+    let err = stderr_of(&mut child);
+    assert!(err.contains("policy no longer allows this target"), "{err}");
+}
+
+#[test]
+fn audit_chain_records_decisions_and_detects_tampering() {
+    let mut b = Bastion::start();
+    // A reason carrying terminal escape sequences.
+    let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J fix";
+    let out = b.access(
+        "alice",
+        &[
+            "request",
+            "qa-readonly",
+            "--for",
+            "1h",
+            "--reason",
+            evil,
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let listing = b.access("bob", &["requests"]);
+    assert!(
+        !listing.stdout.contains(&0x1b) && !listing.stdout.contains(&0x07),
+        "raw escapes reached the approver"
+    );
+    assert!(
+        text(&listing.stdout).contains("\\u{1b}"),
+        "{}",
+        text(&listing.stdout)
+    );
+    b.access("bob", &["approve", &id]);
+    let cert = b.save_cert("alice", &id);
+    b.login("alice", &cert, "qa", &["web-1", "cat /etc/shadow"]);
+    b.login("alice", &cert, "qa", &["web-1", "uptime"]);
+    b.access("alice", &["approve", "nope"]);
+
+    let out = b.ctl(&["audit", "--json"]);
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .collect();
+    for k in [
+        "request.created",
+        "request.approved_by",
+        "grant.created",
+        "cert.issued",
+        "login.accepted",
+        "session.started",
+        "gate.refused",
+        "gate.allowed",
+        "session.ended",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let text_listing = b.ctl(&["audit"]);
+    assert!(!text_listing.stdout.contains(&0x1b));
+    let out = b.ctl(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Tamper with one stored event while the server is down.
+    let n = events.len() as u64;
+    let victim = n / 2;
+    b.stop();
+    {
+        let store = postern::store::Store::open(&b.dir.join("data")).expect("store");
+        let all = store.audit_scan(victim).expect("scan");
+        let mut e: serde_json::Value = serde_json::from_slice(&all[0].1).expect("event");
+        e["actor"] = serde_json::json!("mallory");
+        store
+            .audit_overwrite(victim, &serde_json::to_vec(&e).expect("json"))
+            .expect("overwrite");
+    }
+    b.serve();
+    let out = b.ctl(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("event {victim}:")),
+        "{}",
+        text(&out.stderr)
+    );
+}
