@@ -153,6 +153,9 @@ enum Verb {
         action: Option<AuditAction>,
         #[arg(long)]
         since: Option<String>,
+        /// Keep streaming new events (one JSON object per line).
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -352,7 +355,15 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             Ok(String::new())
         }),
         Verb::Kill { id, reason } => auditing::kill(app, caller, &id, &reason.join(" ")),
-        Verb::Audit { action, since } => (|| {
+        Verb::Audit {
+            action: None,
+            follow: true,
+            ..
+        } if caller.is_auditor() => {
+            stream = Some(crate::replay::Stream::AuditFollow);
+            Ok(String::new())
+        }
+        Verb::Audit { action, since, .. } => (|| {
             if !caller.is_auditor() {
                 return Err(access::AccessError::Internal(
                     "audit is for auditors and admins".into(),

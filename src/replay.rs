@@ -24,6 +24,15 @@ pub enum Stream {
     Watch {
         session: String,
     },
+    /// New audit events as JSON lines, for a SIEM.
+    AuditFollow,
+}
+
+/// One audit event as the JSON line `audit --follow` streams.
+pub fn audit_line(e: &crate::audit::Event) -> String {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    v["id"] = serde_json::json!(e.seq);
+    format!("{v}\n")
 }
 
 /// Play `path` with its timing; returns when done or the viewer leaves.

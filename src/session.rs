@@ -207,6 +207,25 @@ async fn control_channel(
             }
             None => Err(format!("session {session} is not live")),
         },
+        Stream::AuditFollow => {
+            let mut feed = ctx.app.audit.feed.subscribe();
+            loop {
+                tokio::select! {
+                    e = feed.recv() => match e {
+                        Ok(e) => {
+                            if w.data_bytes(Bytes::from(crate::replay::audit_line(&e))).await.is_err() {
+                                break Ok(());
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            break Err(format!("audit follower fell {n} events behind; reconnect with --since"));
+                        }
+                        Err(_) => break Ok(()),
+                    },
+                    m = r.wait() => if matches!(m, None | Some(ChannelMsg::Close)) { break Ok(()) },
+                }
+            }
+        }
     };
     match played {
         Ok(()) => finish(&w, "", "", 0, pty).await,

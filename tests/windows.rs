@@ -310,3 +310,30 @@ fn audit_chain_records_decisions_and_detects_tampering() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn ctl_audit_follow_streams_json_lines() {
+    let b = Bastion::start();
+    let mut c = Command::new(POSTERN);
+    c.args(["ctl", "--config"])
+        .arg(b.dir.join("postern.toml"))
+        .args(["audit", "--follow", "--json"]);
+    c.stdout(Stdio::piped());
+    let mut follower = Proc(c.spawn().expect("ctl audit --follow"));
+    let mut r = BufReader::new(follower.0.stdout.take().expect("stdout"));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = b.access(
+        "alice",
+        &["request", "qa-shell", "--for", "1h", "--reason", "siem"],
+    );
+    assert!(out.status.success());
+    let got = read_until(&mut r, "request.created");
+    let line = got
+        .lines()
+        .find(|l| l.contains("request.created"))
+        .expect("an event line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+    assert_eq!(v["actor"], "alice");
+    assert_eq!(v["data"]["reason"], "siem");
+    assert!(v["hash"].as_str().is_some_and(|h| h.len() == 64));
+}
