@@ -34,6 +34,10 @@ struct RawConfig {
     request_ttl: Option<String>,
     connect_timeout: Option<String>,
     on_record_failure: Option<String>,
+    max_startups: Option<usize>,
+    max_startups_per_source: Option<usize>,
+    max_auth_failures_per_source: Option<usize>,
+    login_grace_time: Option<String>,
 }
 
 /// The resolved configuration of one bastion.
@@ -62,6 +66,8 @@ pub struct Config {
     /// End a session whose recording fails (`on_record_failure = "terminate"`,
     /// the default) rather than let it go on unrecorded (`"continue"`).
     pub terminate_on_record_failure: bool,
+    /// Pre-authentication limits.
+    pub limits: crate::limits::Limits,
 }
 
 pub const DEFAULT_FILE: &str = "postern.toml";
@@ -79,6 +85,10 @@ control_socket = "data/postern.sock"
 # request_ttl = "24h"      # unattended requests expire after this
 # connect_timeout = "10s"  # how long to wait for a target
 # on_record_failure = "terminate"  # or "continue": go on unrecorded
+# max_startups = 256               # unauthenticated connections, overall
+# max_startups_per_source = 16     # ... and per source address
+# max_auth_failures_per_source = 60  # failed logins per minute before a source is refused
+# login_grace_time = "30s"         # time to authenticate
 "#;
 
 impl Config {
@@ -133,7 +143,24 @@ impl Config {
                 )))
             }
         };
+        let d = crate::limits::Limits::default();
+        let limits = crate::limits::Limits {
+            max_startups: raw.max_startups.unwrap_or(d.max_startups),
+            max_startups_per_source: raw
+                .max_startups_per_source
+                .unwrap_or(d.max_startups_per_source),
+            max_auth_failures_per_source: raw
+                .max_auth_failures_per_source
+                .unwrap_or(d.max_auth_failures_per_source),
+            failure_window: d.failure_window,
+            login_grace_time: duration(
+                "login_grace_time",
+                raw.login_grace_time,
+                d.login_grace_time,
+            )?,
+        };
         Ok(Config {
+            limits,
             terminate_on_record_failure,
             listen,
             data_dir: resolve(raw.data_dir, "data"),

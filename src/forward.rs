@@ -55,6 +55,21 @@ pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Resu
     Ok(dest)
 }
 
+/// Resolve when the grant stops being live (checked twice a second).
+async fn grant_ends(app: &App, grant_id: &str) -> String {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let g: Option<crate::access::Grant> =
+            app.store.get(crate::store::GRANTS, grant_id).ok().flatten();
+        match g {
+            Some(g) if g.live_at(crate::ca::now_secs()) => {}
+            Some(g) => return format!("grant {} is {}", g.id, g.state(crate::ca::now_secs())),
+            None => return "grant no longer exists".into(),
+        }
+    }
+}
+
 /// Copy bytes both ways between the channel and `dest` until either ends;
 /// the session record keeps destination, timing and byte counts.
 pub async fn run(
@@ -94,6 +109,7 @@ pub async fn run(
     let copied = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut tcp) => r,
         why = crate::relay::killed(log.kill.clone()) => return log.finish(&why, None).await,
+        why = grant_ends(&app, &login.grant.id) => return log.finish(&why, None).await,
     };
     let reason = match copied {
         Ok((up, down)) => {

@@ -22,6 +22,7 @@
 //! - [`upstream`]: the target-facing russh client with pinned host keys.
 //! - [`forward`]: local port-forwards.
 //! - [`krl`]: OpenSSH KRL of revoked serials.
+//! - [`limits`]: pre-authentication limits (startups, grace time, failures).
 //! - [`gate`]: the read-only command gate.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod control;
 pub mod forward;
 pub mod gate;
 pub mod krl;
+pub mod limits;
 pub mod policy;
 pub mod prompt;
 pub mod recording;

@@ -89,7 +89,10 @@ pub async fn watch(
     live: Arc<Live>,
 ) -> Result<(), String> {
     let mut rx = live.lines.subscribe();
-    let path = live.path.clone();
+    let path = live
+        .path
+        .clone()
+        .ok_or("this session has no terminal recording to watch")?;
     // Holding the registry entry would hold a sender and keep the feed
     // open after the session ends.
     drop(live);

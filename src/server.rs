@@ -11,7 +11,10 @@ use russh::server::{
     self, Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+
+use crate::limits::{Gatekeeper, PreAuth};
 
 use crate::access::{Caller, Grant};
 use crate::app::App;
@@ -60,22 +63,68 @@ pub fn server_config(app: &App) -> server::Config {
     }
 }
 
-/// Accept connections on `listener` until the process ends.
+/// Accept connections on `listener` until the process ends. Each new
+/// connection must pass the [`Gatekeeper`] and authenticate within the
+/// grace time.
 pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
     let config = Arc::new(server_config(&app));
+    let gate = Gatekeeper::new(app.config.limits.clone());
     loop {
-        let (socket, peer) = listener.accept().await?;
+        let (socket, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let preauth = match gate.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::debug!(%peer, ?why, "connection refused before authentication");
+                drop(socket);
+                continue;
+            }
+        };
         let app = app.clone();
         let config = config.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let handler = Connection::new(app, Some(peer));
-            match server::run_stream(config, socket, handler).await {
-                Ok(running) => {
-                    if let Err(e) = running.await {
+            let grace = app.config.limits.login_grace_time;
+            let authed = Arc::new(AtomicBool::new(false));
+            let handler = Connection::new(app, Some(peer), preauth, gate, authed.clone());
+            let running = match tokio::time::timeout(
+                grace,
+                server::run_stream(config, socket, handler),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return tracing::debug!(%peer, "handshake failed: {e}"),
+                Err(_) => return tracing::debug!(%peer, "no SSH handshake within the grace time"),
+            };
+            let handle = running.handle();
+            tokio::pin!(running);
+            let grace_over = tokio::time::sleep(grace);
+            tokio::select! {
+                r = &mut running => {
+                    if let Err(e) = r {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 }
-                Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
+                _ = async {
+                    grace_over.await;
+                    if authed.load(Ordering::SeqCst) {
+                        // Logged in: the connection runs until it ends.
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    tracing::info!(%peer, "not authenticated within the grace time; disconnecting");
+                    let _ = handle
+                        .disconnect(russh::Disconnect::ByApplication, "login grace time over".into(), "en".into())
+                        .await;
+                }
             }
         });
     }
@@ -89,18 +138,53 @@ pub struct Connection {
     peer: Option<SocketAddr>,
     /// Set once authentication succeeds; read by channel tasks.
     identity: Option<Identity>,
+    /// This connection's place among the unauthenticated; released on login.
+    preauth: Option<PreAuth>,
+    /// Admission control, for counting failed logins.
+    gate: Arc<Gatekeeper>,
+    /// Tells the accept loop the grace timer no longer applies.
+    authed: Arc<AtomicBool>,
 }
 
 impl Connection {
-    pub fn new(app: Arc<App>, peer: Option<SocketAddr>) -> Connection {
+    pub fn new(
+        app: Arc<App>,
+        peer: Option<SocketAddr>,
+        preauth: PreAuth,
+        gate: Arc<Gatekeeper>,
+        authed: Arc<AtomicBool>,
+    ) -> Connection {
         Connection {
             app,
             peer,
             identity: None,
+            preauth: Some(preauth),
+            gate,
+            authed,
         }
     }
 
+    /// Authentication succeeded with `identity`.
+    fn accept(&mut self, identity: Identity) -> Auth {
+        self.identity = Some(identity);
+        self.authed.store(true, Ordering::SeqCst);
+        if let Some(p) = self.preauth.take() {
+            p.authenticated();
+        }
+        Auth::Accept
+    }
+
     fn refuse(&self, user: &str, why: &str) -> Auth {
+        if let Some(ip) = self.peer.map(|p| p.ip()) {
+            if self.gate.failed(ip) {
+                tracing::warn!(%ip, "source used up its failed-login budget; refusing it for a while");
+                self.app.audit.note(
+                    "source.blocked",
+                    "-",
+                    serde_json::json!({ "client": ip.to_string(), "failures": self.gate.limits.max_auth_failures_per_source }),
+                );
+            }
+        }
         tracing::info!(peer = ?self.peer, user, why, "login refused");
         self.app.audit.note(
             "login.refused",
@@ -108,6 +192,22 @@ impl Connection {
             serde_json::json!({ "login": user, "why": why, "client": self.peer.map(|p| p.to_string()) }),
         );
         Auth::reject()
+    }
+
+    /// A certificate login's grant is checked again at every channel open:
+    /// a connection kept open (ControlMaster) must not outlive revocation.
+    fn still_live(&self) -> bool {
+        match &self.identity {
+            Some(Identity::Grant(g)) => self
+                .app
+                .store
+                .get::<Grant>(GRANTS, &g.grant.id)
+                .ok()
+                .flatten()
+                .is_some_and(|g| g.live_at(now_secs())),
+            Some(Identity::Access(_)) => true,
+            None => false,
+        }
     }
 
     /// The grant behind a certificate, if it is live and bound to this key.
@@ -171,12 +271,12 @@ impl server::Handler for Connection {
             &u.name,
             serde_json::json!({ "login": user, "client": self.peer.map(|p| p.to_string()) }),
         );
-        self.identity = Some(Identity::Access(Caller {
+        let identity = Identity::Access(Caller {
             name: u.name.clone(),
             groups: u.groups.clone(),
             key: Some(key.public_key.clone()),
-        }));
-        Ok(Auth::Accept)
+        });
+        Ok(self.accept(identity))
     }
 
     async fn auth_openssh_certificate(
@@ -209,13 +309,13 @@ impl server::Handler for Connection {
             &grant.user,
             serde_json::json!({ "login": user, "grant": grant.id, "serial": cert.serial(), "key_id": cert.key_id(), "client": self.peer.map(|p| p.to_string()) }),
         );
-        self.identity = Some(Identity::Grant(GrantLogin {
+        let identity = Identity::Grant(GrantLogin {
             login: user.to_string(),
             key_id: cert.key_id().to_string(),
             port_forwards_permitted: cert.extensions().contains_key("permit-port-forwarding"),
             grant,
-        }));
-        Ok(Auth::Accept)
+        });
+        Ok(self.accept(identity))
     }
 
     async fn channel_open_session(
@@ -230,6 +330,13 @@ impl server::Handler for Connection {
                 .await;
             return Ok(());
         };
+        if !self.still_live() {
+            tracing::info!(peer = ?self.peer, "channel refused: the grant is no longer live");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         reply.accept().await;
         let ctx = crate::session::Context {
             app: self.app.clone(),
@@ -251,6 +358,13 @@ impl server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if !self.still_live() {
+            tracing::info!(peer = ?self.peer, "forward refused: the grant is no longer live");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let Some(Identity::Grant(login)) = &self.identity else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)

@@ -59,8 +59,8 @@ pub struct Live {
     pub user: String,
     /// Written recording lines, for watchers.
     pub lines: broadcast::Sender<Line>,
-    /// Recording file, for the replay part of a watch.
-    pub path: std::path::PathBuf,
+    /// Recording file, for the replay part of a watch (`None` for forwards).
+    pub path: Option<std::path::PathBuf>,
     /// Set to `Some(why)` to end the session.
     pub kill: watch::Sender<Option<String>>,
 }
@@ -170,17 +170,19 @@ impl SessionLog {
             json!({ "session": id, "kind": kind, "grant": rec.grant, "target": target, "login": rec.login, "client": rec.client }),
         );
         let (kill_tx, kill_rx) = watch::channel(None);
-        if let Some(r) = &recorder {
-            app.live.lock().insert(
-                id.clone(),
-                Arc::new(Live {
-                    user: rec.user.clone(),
-                    lines: r.live.clone(),
-                    path: r.path.clone(),
-                    kill: kill_tx,
-                }),
-            );
-        }
+        let (lines, path) = match &recorder {
+            Some(r) => (r.live.clone(), Some(r.path.clone())),
+            None => (broadcast::channel(1).0, None),
+        };
+        app.live.lock().insert(
+            id.clone(),
+            Arc::new(Live {
+                user: rec.user.clone(),
+                lines,
+                path,
+                kill: kill_tx,
+            }),
+        );
         Ok(SessionLog {
             app: app.clone(),
             rec,

@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::{BufReader, Read};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
@@ -336,4 +337,87 @@ fn ctl_audit_follow_streams_json_lines() {
     assert_eq!(v["actor"], "alice");
     assert_eq!(v["data"]["reason"], "siem");
     assert!(v["hash"].as_str().is_some_and(|h| h.len() == 64));
+}
+
+#[test]
+fn revocation_reaches_forwards_and_multiplexed_connections() {
+    use std::io::Write;
+    // An echo server to forward to.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let echo = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let role = format!(
+        "[role.fwd]\nrequestable_by = [\"qa\"]\nlogins = [\"qa\"]\ntargets = [\"env=prod\"]\nmode = \"shell\"\n\
+         port_forwards = [\"127.0.0.1:{echo}\"]\napprovals = {{ required = 1, from = [\"qa-lead\"] }}\n"
+    );
+    let b = Bastion::start_with(&role);
+    let (_id, cert) = b.granted("alice", "fwd", "1h", &["bob"]);
+    // One multiplexing master carrying a forward.
+    let cm = b.dir.join("cm");
+    let lport = free_port();
+    let mut m = b.ssh_cmd(b.user("alice"), Some(&cert), "qa");
+    m.args([
+        "-N",
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        &format!("ControlPath={}", cm.display()),
+    ]);
+    m.args(["-L", &format!("{lport}:127.0.0.1:{echo}")]);
+    m.stdout(Stdio::null()).stderr(Stdio::null());
+    let _master = Proc(m.spawn().expect("master"));
+    let mut conn = eventually(Duration::from_secs(10), "the forward", || {
+        TcpStream::connect(("127.0.0.1", lport)).ok()
+    });
+    conn.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping");
+    let via_master = |b: &Bastion| {
+        let mut c = b.ssh_cmd(b.user("alice"), Some(&cert), "qa");
+        c.args([
+            "-o",
+            &format!("ControlPath={}", cm.display()),
+            "web-1",
+            "echo reached",
+        ]);
+        c.output().expect("ssh via master")
+    };
+    assert_eq!(text(&via_master(&b).stdout).trim(), "reached");
+
+    let gid = grant_id(&b);
+    assert!(b
+        .ctl(&["revoke", &gid, "--reason", "done"])
+        .status
+        .success());
+    // The open forward is cut...
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let t = Instant::now();
+    let n = conn.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "forward still open");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // ...and the still-open master cannot open new channels.
+    let out = via_master(&b);
+    assert!(
+        !text(&out.stdout).contains("reached"),
+        "{}",
+        text(&out.stdout)
+    );
 }
