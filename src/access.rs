@@ -511,6 +511,22 @@ pub fn revoke(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Gran
     Ok(grant)
 }
 
+/// A grant an admin may change: it exists and is not over or revoked.
+fn live_grant_for_admin(app: &App, caller: &Caller, id: &str) -> Result<Grant, AccessError> {
+    if !caller.is_admin() {
+        return Err(AccessError::AdminOnly);
+    }
+    let grant = find_grant(app, id)?;
+    let now = now_secs();
+    if grant.revoked.is_some() || now >= grant.end {
+        return Err(AccessError::GrantNotLive(
+            grant.id.clone(),
+            grant.state(now).into(),
+        ));
+    }
+    Ok(grant)
+}
+
 /// `extend GRANT --by D`: a longer window, within the role's `max_ttl`
 /// from the grant's start unless an admin forces it with a reason. The
 /// certificate is re-issued on the next `cert` for the new window.
@@ -521,18 +537,8 @@ pub fn extend(
     by: &str,
     force_reason: Option<&str>,
 ) -> Result<Grant, AccessError> {
-    if !caller.is_admin() {
-        return Err(AccessError::AdminOnly);
-    }
     let by = parse_duration(by)?;
-    let mut grant = find_grant(app, id)?;
-    let now = now_secs();
-    if grant.revoked.is_some() || now >= grant.end {
-        return Err(AccessError::GrantNotLive(
-            grant.id.clone(),
-            grant.state(now).into(),
-        ));
-    }
+    let mut grant = live_grant_for_admin(app, caller, id)?;
     let policy = app.policy();
     let role = role(&policy, &grant.role)?;
     let new_end = grant.end.saturating_add(by.as_secs());
@@ -563,18 +569,9 @@ pub fn extend(
 /// `shorten GRANT --to D`: the window ends `D` from now (live sessions are
 /// cut when it does).
 pub fn shorten(app: &App, caller: &Caller, id: &str, to: &str) -> Result<Grant, AccessError> {
-    if !caller.is_admin() {
-        return Err(AccessError::AdminOnly);
-    }
     let to = parse_duration(to)?;
-    let mut grant = find_grant(app, id)?;
+    let mut grant = live_grant_for_admin(app, caller, id)?;
     let now = now_secs();
-    if grant.revoked.is_some() || now >= grant.end {
-        return Err(AccessError::GrantNotLive(
-            grant.id.clone(),
-            grant.state(now).into(),
-        ));
-    }
     let new_end = now.max(grant.start).saturating_add(to.as_secs());
     if new_end >= grant.end {
         return Err(AccessError::Internal(format!(

@@ -72,6 +72,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Load the configuration, or say why and give the exit status.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("postern: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,12 +91,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn serve(config: PathBuf) -> ExitCode {
-    let config = match Config::load(&config) {
+    let config = match load_config(&config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("postern: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(code) => return code,
     };
     let app = match App::open(config) {
         Ok(a) => Arc::new(a),
@@ -175,12 +180,9 @@ fn serve(config: PathBuf) -> ExitCode {
 }
 
 fn ctl(config: PathBuf, args: Vec<String>) -> ExitCode {
-    let config = match Config::load(&config) {
+    let config = match load_config(&config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("postern: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+        Err(code) => return code,
     };
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -391,17 +391,7 @@ pub fn selects(sel: &str, t: &Target) -> bool {
 
 /// `*` matches any run of characters; everything else is literal.
 fn glob(pattern: &str, s: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == s,
-        Some((head, rest)) => {
-            let Some(tail) = s.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| glob(rest, &tail[i..]))
-        }
-    }
+    crate::gate::pattern::match_segment(pattern, s)
 }
 
 #[cfg(test)]

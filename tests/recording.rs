@@ -20,6 +20,16 @@ fn sessions(b: &Bastion, who: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// The id of the (first) live session, once there is one.
+fn live_session_id(b: &Bastion) -> String {
+    eventually(Duration::from_secs(5), "a live session", || {
+        sessions(b, "dave", &[])
+            .first()
+            .filter(|s| s["state"] == "live")
+            .map(|s| s["id"].as_str().unwrap_or("").to_string())
+    })
+}
+
 fn asciinema_cat(path: &std::path::Path) -> String {
     // asciinema 2.2's `cat` insists on a /dev/tty: give it one with script(1).
     let out = Command::new("script")
@@ -151,12 +161,7 @@ fn watch_follows_a_live_session_and_kill_ends_one() {
     let mut child = c.spawn().expect("ssh");
     let mut r = BufReader::new(child.stdout.take().expect("stdout"));
     read_until(&mut r, "tick2");
-    let id = eventually(Duration::from_secs(5), "a live session", || {
-        sessions(&b, "dave", &[])
-            .first()
-            .filter(|s| s["state"] == "live")
-            .map(|s| s["id"].as_str().unwrap_or("").to_string())
-    });
+    let id = live_session_id(&b);
     let mut w = b.ssh_cmd(b.user("dave"), None, "access");
     w.args(["watch", &id]).stdout(Stdio::piped());
     let mut watcher = w.spawn().expect("watch");
@@ -214,12 +219,7 @@ fn a_slow_watcher_does_not_slow_the_session() {
     ]);
     c.stdout(Stdio::piped());
     let mut child = c.spawn().expect("ssh");
-    let id = eventually(Duration::from_secs(5), "a live session", || {
-        sessions(&b, "dave", &[])
-            .first()
-            .filter(|s| s["state"] == "live")
-            .map(|s| s["id"].as_str().unwrap_or("").to_string())
-    });
+    let id = live_session_id(&b);
     // A watcher that never reads its output.
     let mut w = b.ssh_cmd(b.user("dave"), None, "access");
     w.args(["watch", &id]).stdout(Stdio::piped());

@@ -212,8 +212,9 @@ fn match_segments(g: &[&str], p: &[&str]) -> bool {
     }
 }
 
-/// `*` matches any run of characters within one segment.
-fn match_segment(glob: &str, s: &str) -> bool {
+/// `*` matches any run of characters within one segment (or within a
+/// target name, for policy selectors).
+pub fn match_segment(glob: &str, s: &str) -> bool {
     match glob.split_once('*') {
         None => glob == s,
         Some((head, rest)) => {
