@@ -268,3 +268,80 @@ fn kill_9_leaves_parseable_recordings_and_interrupted_sessions() {
         "everything up to the crash is there: {shown}"
     );
 }
+
+/// Mount a small tmpfs (CI runs as root) and point the recordings there.
+fn small_disk(b: &mut Bastion, extra: &str) -> std::path::PathBuf {
+    let dir = b.dir.join("smalldisk");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("mount");
+    assert!(
+        st.success(),
+        "this test mounts a 256 KiB tmpfs and needs root"
+    );
+    let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
+    let cfg = cfg.replace(
+        "recordings_dir = \"recordings\"",
+        &format!("recordings_dir = \"{}\"\n{extra}", dir.display()),
+    );
+    std::fs::write(b.dir.join("postern.toml"), cfg).expect("cfg");
+    b.stop();
+    b.serve();
+    dir
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = Command::new("umount").arg(dir).status();
+}
+
+#[test]
+fn a_full_disk_ends_the_session_rather_than_run_unrecorded() {
+    let mut b = Bastion::start();
+    let dir = small_disk(&mut b, "");
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let t = Instant::now();
+    let out = b.login("alice", &cert, "qa", &["web-1", "for i in $(seq 1 200); do head -c 4000 /dev/zero | tr '\\0' x; echo; sleep 0.01; done; sleep 20; echo not-cut"]);
+    unmount(&dir);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "cut in {:?}",
+        t.elapsed()
+    );
+    assert!(!text(&out.stdout).contains("not-cut"));
+    assert!(
+        text(&out.stderr).contains("recording failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let s = &sessions(&b, "dave", &[])[0];
+    assert!(
+        s["end_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("recording failed"),
+        "{s}"
+    );
+}
+
+#[test]
+fn on_record_failure_continue_lets_the_session_finish() {
+    let mut b = Bastion::start();
+    let dir = small_disk(&mut b, "on_record_failure = \"continue\"");
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &[
+            "web-1",
+            "head -c 600000 /dev/zero | tr '\\0' x; echo; echo finished",
+        ],
+    );
+    unmount(&dir);
+    assert!(text(&out.stdout).ends_with("finished\n"));
+    assert_eq!(out.status.code(), Some(0));
+}
