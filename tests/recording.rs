@@ -269,8 +269,17 @@ fn kill_9_leaves_parseable_recordings_and_interrupted_sessions() {
     );
 }
 
+/// A mounted tmpfs, unmounted on drop (also when a test panics).
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Mount a small tmpfs (CI runs as root) and point the recordings there.
-fn small_disk(b: &mut Bastion, extra: &str) -> std::path::PathBuf {
+fn small_disk(b: &mut Bastion, extra: &str) -> SmallDisk {
     let dir = b.dir.join("smalldisk");
     std::fs::create_dir_all(&dir).expect("dir");
     let st = Command::new("mount")
@@ -288,23 +297,20 @@ fn small_disk(b: &mut Bastion, extra: &str) -> std::path::PathBuf {
         &format!("recordings_dir = \"{}\"\n{extra}", dir.display()),
     );
     std::fs::write(b.dir.join("postern.toml"), cfg).expect("cfg");
+    let disk = SmallDisk(dir);
     b.stop();
     b.serve();
-    dir
-}
-
-fn unmount(dir: &std::path::Path) {
-    let _ = Command::new("umount").arg(dir).status();
+    disk
 }
 
 #[test]
 fn a_full_disk_ends_the_session_rather_than_run_unrecorded() {
     let mut b = Bastion::start();
-    let dir = small_disk(&mut b, "");
+    let disk = small_disk(&mut b, "");
     let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
     let t = Instant::now();
     let out = b.login("alice", &cert, "qa", &["web-1", "for i in $(seq 1 200); do head -c 4000 /dev/zero | tr '\\0' x; echo; sleep 0.01; done; sleep 20; echo not-cut"]);
-    unmount(&dir);
+    drop(disk);
     assert!(
         t.elapsed() < Duration::from_secs(15),
         "cut in {:?}",
@@ -330,7 +336,7 @@ fn a_full_disk_ends_the_session_rather_than_run_unrecorded() {
 #[test]
 fn on_record_failure_continue_lets_the_session_finish() {
     let mut b = Bastion::start();
-    let dir = small_disk(&mut b, "on_record_failure = \"continue\"");
+    let disk = small_disk(&mut b, "on_record_failure = \"continue\"");
     let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
     let out = b.login(
         "alice",
@@ -341,7 +347,7 @@ fn on_record_failure_continue_lets_the_session_finish() {
             "head -c 600000 /dev/zero | tr '\\0' x; echo; echo finished",
         ],
     );
-    unmount(&dir);
+    drop(disk);
     assert!(text(&out.stdout).ends_with("finished\n"));
     assert_eq!(out.status.code(), Some(0));
 }
