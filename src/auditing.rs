@@ -13,7 +13,7 @@ use crate::control::escape;
 use crate::sessions::SessionRecord;
 use crate::store::SESSIONS;
 
-/// Filters for `sessions`.
+/// Filters for `sessions`. `since`/`until` bound the start time.
 #[derive(Debug, Default)]
 pub struct Filter {
     pub user: Option<String>,
@@ -21,6 +21,8 @@ pub struct Filter {
     pub since: Option<u64>,
     pub until: Option<u64>,
     pub grep: Option<String>,
+    /// At most this many, newest first (0 = no limit).
+    pub limit: usize,
 }
 
 /// Parse a point in time: unix seconds, RFC 3339, or a duration ago.
@@ -47,35 +49,66 @@ fn may_see(caller: &Caller, s: &SessionRecord) -> bool {
     caller.is_auditor() || s.user == caller.name
 }
 
-/// Sessions the caller may see, newest first, filtered.
+fn output_contains(s: &SessionRecord, needle: &str) -> bool {
+    s.recording.as_ref().is_some_and(|p| {
+        crate::recording::read(std::path::Path::new(p))
+            .map(|(_, ev)| {
+                let text: String = ev
+                    .iter()
+                    .filter(|e| e.kind == "o")
+                    .map(|e| e.data.as_str())
+                    .collect();
+                text.contains(needle)
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Sessions the caller may see, newest first, filtered. Walks the most
+/// selective index (user, target, or start time) over the time range, so
+/// the cost follows the answer, not the number of stored sessions.
 pub fn list(app: &App, caller: &Caller, f: &Filter) -> Result<Vec<SessionRecord>, AccessError> {
-    let mut all: Vec<SessionRecord> = app.store.all(SESSIONS)?;
-    all.retain(|s| {
-        may_see(caller, s)
-            && f.user.as_ref().is_none_or(|u| &s.user == u)
+    use crate::sessions::{index_key, BY_START, BY_TARGET, BY_USER};
+    // Requesters only ever see their own sessions.
+    let user = if caller.is_auditor() {
+        f.user.clone()
+    } else {
+        match &f.user {
+            Some(u) if u != &caller.name => return Ok(Vec::new()),
+            _ => Some(caller.name.clone()),
+        }
+    };
+    let (index, prefix) = match (&user, &f.target) {
+        (Some(u), _) => (BY_USER, u.as_str()),
+        (None, Some(t)) => (BY_TARGET, t.as_str()),
+        (None, None) => (BY_START, ""),
+    };
+    let lo = index_key(prefix, f.since.unwrap_or(0), "");
+    let hi = index_key(
+        prefix,
+        f.until.map_or(u64::MAX, |u| u.saturating_add(1)),
+        "",
+    );
+    let mut out = Vec::new();
+    for id in app.store.index_rev(index, lo, hi)? {
+        let id = id?;
+        let Some(s) = app.store.get::<SessionRecord>(SESSIONS, &id)? else {
+            continue;
+        };
+        let keep = may_see(caller, &s)
+            && user.as_ref().is_none_or(|u| &s.user == u)
             && f.target.as_ref().is_none_or(|t| &s.target == t)
-            && f.since.is_none_or(|t| s.end.unwrap_or(u64::MAX) >= t)
-            && f.until.is_none_or(|t| s.start <= t)
-    });
-    if let Some(needle) = &f.grep {
-        all.retain(|s| {
-            s.commands.iter().any(|c| c.line.contains(needle.as_str()))
-                || s.recording.as_ref().is_some_and(|p| {
-                    crate::recording::read(std::path::Path::new(p))
-                        .map(|(_, ev)| {
-                            let text: String = ev
-                                .iter()
-                                .filter(|e| e.kind == "o")
-                                .map(|e| e.data.as_str())
-                                .collect();
-                            text.contains(needle.as_str())
-                        })
-                        .unwrap_or(false)
-                })
-        });
+            && f.grep.as_ref().is_none_or(|g| {
+                s.commands.iter().any(|c| c.line.contains(g.as_str())) || output_contains(&s, g)
+            });
+        if keep {
+            out.push(s);
+            if f.limit > 0 && out.len() >= f.limit {
+                break;
+            }
+        }
     }
-    all.sort_by_key(|s| std::cmp::Reverse(s.start));
-    Ok(all)
+    Ok(out)
 }
 
 pub fn session_json(s: &SessionRecord) -> Value {

@@ -128,6 +128,9 @@ enum Verb {
         /// Search recorded output and gate commands.
         #[arg(long)]
         grep: Option<String>,
+        /// At most this many, newest first (0 = all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
     /// Write a session's asciicast recording to stdout.
     Export { id: String },
@@ -309,8 +312,10 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             since,
             until,
             grep,
+            limit,
         } => (|| {
             let f = auditing::Filter {
+                limit,
                 user,
                 target,
                 since: since.as_deref().map(auditing::parse_time).transpose()?,

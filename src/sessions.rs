@@ -215,7 +215,7 @@ impl SessionLog {
             allowed,
             detail: detail.clone(),
         });
-        if let Err(e) = self.app.store.put(SESSIONS, &self.rec.id, &self.rec) {
+        if let Err(e) = save(&self.app.store, &self.rec, true) {
             tracing::error!("session record: {e}");
         }
         self.app.audit.note(
@@ -253,7 +253,7 @@ impl SessionLog {
         self.rec.exit_status = exit_status;
         self.rec.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
         self.rec.bytes_out = self.counters.bytes_out.load(Ordering::Relaxed);
-        if let Err(e) = self.app.store.put(SESSIONS, &self.rec.id, &self.rec) {
+        if let Err(e) = save(&self.app.store, &self.rec, true) {
             tracing::error!("session record: {e}");
         }
         self.app.audit.note(
@@ -267,10 +267,53 @@ impl SessionLog {
     }
 }
 
+/// Secondary indexes over session records, so listings stay fast with
+/// millions of them: by start time, by user and by target (keys end with
+/// the big-endian start and the id), and the set of live sessions.
+pub const BY_START: &str = "sessions.by_start";
+pub const BY_USER: &str = "sessions.by_user";
+pub const BY_TARGET: &str = "sessions.by_target";
+pub const LIVE: &str = "sessions.live";
+
+/// `prefix \0 start id` (an empty prefix has no separator).
+pub fn index_key(prefix: &str, start: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 9 + id.len());
+    if !prefix.is_empty() {
+        k.extend_from_slice(prefix.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(&start.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Store a session record with its index entries.
+pub fn save(
+    store: &crate::store::Store,
+    rec: &SessionRecord,
+    flush: bool,
+) -> Result<(), crate::store::StoreError> {
+    let mut index = vec![
+        (BY_START, index_key("", rec.start, &rec.id)),
+        (BY_USER, index_key(&rec.user, rec.start, &rec.id)),
+        (BY_TARGET, index_key(&rec.target, rec.start, &rec.id)),
+    ];
+    if rec.state == "live" {
+        index.push((LIVE, rec.id.as_bytes().to_vec()));
+    } else {
+        store.index_remove(LIVE, rec.id.as_bytes())?;
+    }
+    store.put_indexed(SESSIONS, &rec.id, rec, &index, flush)
+}
+
 /// At start-up: sessions a crash cut off are marked `interrupted`.
 pub fn mark_interrupted(app: &App) -> Result<usize, crate::store::StoreError> {
     let mut n = 0;
-    for mut s in app.store.all::<SessionRecord>(SESSIONS)? {
+    for id in app.store.index_all(LIVE)? {
+        let Some(mut s) = app.store.get::<SessionRecord>(SESSIONS, &id)? else {
+            app.store.index_remove(LIVE, id.as_bytes())?;
+            continue;
+        };
         if s.state == "live" {
             s.state = "interrupted".into();
             s.end_reason = Some("the bastion stopped while the session was live".into());
@@ -281,7 +324,7 @@ pub fn mark_interrupted(app: &App) -> Result<usize, crate::store::StoreError> {
                     s.sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes)));
                 }
             }
-            app.store.put(SESSIONS, &s.id, &s)?;
+            save(&app.store, &s, true)?;
             app.audit
                 .note("session.interrupted", "-", json!({ "session": s.id }));
             n += 1;

@@ -155,3 +155,64 @@ fn seq_of(k: &[u8]) -> u64 {
     b[8 - n..].copy_from_slice(&k[k.len() - n..]);
     u64::from_be_bytes(b)
 }
+
+impl Store {
+    /// Write index entries, then the record (so a crash between the two
+    /// leaves an index entry to a missing record, which readers skip,
+    /// never a record the indexes cannot find). `flush` waits for disk.
+    pub fn put_indexed<T: Serialize>(
+        &self,
+        tree: &str,
+        id: &str,
+        value: &T,
+        index: &[(&str, Vec<u8>)],
+        flush: bool,
+    ) -> Result<(), StoreError> {
+        for (name, key) in index {
+            self.db
+                .open_tree(name)?
+                .insert(key.as_slice(), id.as_bytes())?;
+        }
+        let bytes = serde_json::to_vec(value)?;
+        self.db.open_tree(tree)?.insert(id.as_bytes(), bytes)?;
+        if flush {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Remove one index entry.
+    pub fn index_remove(&self, index: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.db.open_tree(index)?.remove(key)?;
+        Ok(())
+    }
+
+    /// Ids in `index` with keys in `[lo, hi)`, highest key first.
+    pub fn index_rev(
+        &self,
+        index: &str,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+    ) -> Result<impl Iterator<Item = Result<String, StoreError>>, StoreError> {
+        let t = self.db.open_tree(index)?;
+        Ok(t.range(lo..hi).rev().map(|item| {
+            item.map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+                .map_err(StoreError::from)
+        }))
+    }
+
+    /// Every id in `index`.
+    pub fn index_all(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.open_tree(index)?.iter() {
+            let (_, v) = item?;
+            out.push(String::from_utf8_lossy(&v).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
