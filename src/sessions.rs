@@ -161,9 +161,7 @@ impl SessionLog {
             }
             None => (None, None),
         };
-        app.store
-            .put(SESSIONS, &id, &rec)
-            .map_err(|e| e.to_string())?;
+        save(&app.store, &rec, true).map_err(|e| e.to_string())?;
         app.audit.note(
             "session.started",
             &rec.user,
@@ -331,4 +329,62 @@ pub fn mark_interrupted(app: &App) -> Result<usize, crate::store::StoreError> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_and_ended_sessions_are_listed_through_the_indexes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        crate::app::init(dir.path()).expect("init");
+        let config = crate::config::Config::load(&dir.path().join("postern.toml")).expect("config");
+        let app = App::open(config).expect("app");
+        let mut rec = SessionRecord {
+            id: "s-1".into(),
+            kind: "exec".into(),
+            user: "alice".into(),
+            login: "qa".into(),
+            key_id: String::new(),
+            grant: "g".into(),
+            request: "r".into(),
+            role: "x".into(),
+            target: "web-1".into(),
+            client: None,
+            start: now_secs(),
+            end: None,
+            state: "live".into(),
+            end_reason: None,
+            exit_status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            recording: None,
+            size: 0,
+            sha256: None,
+            commands: Vec::new(),
+        };
+        save(&app.store, &rec, true).expect("save");
+        let admin = crate::access::Caller::local_admin();
+        let all =
+            |f: crate::auditing::Filter| crate::auditing::list(&app, &admin, &f).expect("list");
+        assert_eq!(all(crate::auditing::Filter::default()).len(), 1);
+        assert_eq!(
+            app.store.index_all(LIVE).expect("live"),
+            vec!["s-1".to_string()]
+        );
+        rec.state = "ended".into();
+        save(&app.store, &rec, true).expect("save");
+        assert!(app.store.index_all(LIVE).expect("live").is_empty());
+        let f = crate::auditing::Filter {
+            user: Some("alice".into()),
+            ..Default::default()
+        };
+        assert_eq!(all(f).len(), 1);
+        let f = crate::auditing::Filter {
+            user: Some("bob".into()),
+            ..Default::default()
+        };
+        assert!(all(f).is_empty());
+    }
 }
