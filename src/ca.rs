@@ -15,7 +15,10 @@ use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
 
 /// Critical options postern understands; any other refuses the certificate.
-pub const KNOWN_CRITICAL_OPTIONS: &[&str] = &["source-address"];
+pub const KNOWN_CRITICAL_OPTIONS: &[&str] = &["source-address", "force-command"];
+
+/// OpenSSH refuses certificates with more principals than this.
+pub const MAX_PRINCIPALS: usize = 256;
 
 /// How far `valid_after` is backdated for clocks that run behind.
 pub const CLOCK_SKEW_SECS: u64 = 300;
@@ -148,6 +151,8 @@ pub enum CertRefusal {
     SourceAddress(String, String),
     #[error("bad signature")]
     BadSignature,
+    #[error("names {0} principals (at most 256)")]
+    TooManyPrincipals(usize),
 }
 
 /// Decide whether `cert`, presented for `login` from `client`, is one this
@@ -176,11 +181,18 @@ pub fn check_certificate(
     if cert.valid_principals().is_empty() {
         return Err(CertRefusal::NoPrincipals);
     }
+    if cert.valid_principals().len() > MAX_PRINCIPALS {
+        return Err(CertRefusal::TooManyPrincipals(
+            cert.valid_principals().len(),
+        ));
+    }
     if !cert.valid_principals().iter().any(|p| p == login) {
         return Err(CertRefusal::WrongPrincipal(login.to_string()));
     }
     for (name, value) in cert.critical_options().iter() {
         match name.as_str() {
+            // Honoured by the session: only that command may run.
+            "force-command" => {}
             "source-address" => {
                 let ok = client.is_some_and(|ip| source_address_allows(value, ip));
                 if !ok {
@@ -302,5 +314,23 @@ mod tests {
             Err(CertRefusal::NotUserCert)
         );
         assert!(!cert.extensions().contains_key("permit-port-forwarding"));
+
+        // 257 principals.
+        let mut b = Builder::new(
+            vec![0u8; 32],
+            user.public_key().key_data().clone(),
+            now - 10,
+            now + 3600,
+        )
+        .expect("builder");
+        b.cert_type(CertType::User).expect("type");
+        for i in 0..257 {
+            b.valid_principal(format!("p{i}")).expect("principal");
+        }
+        let many = b.sign(&ca).expect("sign");
+        assert_eq!(
+            check_certificate(&many, ca.public_key(), "p1", None, now),
+            Err(CertRefusal::TooManyPrincipals(257))
+        );
     }
 }

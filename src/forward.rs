@@ -157,6 +157,7 @@ mod tests {
             login: "qa".into(),
             key_id: "k".into(),
             port_forwards_permitted: true,
+            force_command: None,
         };
         (p, g)
     }

@@ -40,6 +40,8 @@ pub struct GrantLogin {
     pub login: String,
     pub key_id: String,
     pub port_forwards_permitted: bool,
+    /// The certificate's `force-command`: the only command it may run.
+    pub force_command: Option<String>,
 }
 
 /// Server settings that matter, in one commented place.
@@ -313,6 +315,7 @@ impl server::Handler for Connection {
             login: user.to_string(),
             key_id: cert.key_id().to_string(),
             port_forwards_permitted: cert.extensions().contains_key("permit-port-forwarding"),
+            force_command: cert.critical_options().get("force-command").cloned(),
             grant,
         });
         Ok(self.accept(identity))

@@ -114,6 +114,15 @@ pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
             _ => {}
         }
     };
+    // A certificate's force-command replaces whatever the client asked.
+    let forced = match &ctx.identity {
+        Identity::Grant(g) => g.force_command.clone(),
+        Identity::Access(_) => None,
+    };
+    let start = match forced {
+        Some(f) => Start::Exec(f.into_bytes()),
+        None => start,
+    };
     let command = match start {
         Start::Shell => String::new(),
         Start::Exec(bytes) if bytes.len() > MAX_COMMAND => {

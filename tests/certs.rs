@@ -190,3 +190,88 @@ fn certificate_cases() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     refused(&b, "alice", &good, "qa", Some("is revoked"));
 }
+
+#[test]
+fn certificate_matrix_beyond_the_skeleton() {
+    let b = Bastion::start();
+    let (_id, _good) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let serial = serial_of(&b);
+    let ca = b.dir.join("hostkeys/user_ca");
+    let alice = b.user("alice").clone();
+
+    // force-command is honoured: only that command runs, whatever is asked.
+    let c = sign(
+        &b,
+        &ca,
+        &alice,
+        "forced",
+        &[
+            "-n",
+            "qa",
+            "-z",
+            &serial,
+            "-O",
+            "force-command=web-1 echo forced-only",
+        ],
+    );
+    let out = b.login("alice", &c, "qa", &["web-1", "echo asked"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "forced-only",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // 257 principals (OpenSSH's limit is 256), the login among them.
+    // ssh-keygen will not make one, so build it with the real CA key.
+    let c = {
+        use russh::keys::ssh_key::certificate::{Builder, CertType};
+        let ca_key = postern::ca::read_key(&ca).expect("ca key");
+        let user_pub = russh::keys::PublicKey::from_openssh(&alice.public).expect("pub");
+        let now = postern::ca::now_secs();
+        let mut bld = Builder::new(
+            vec![7u8; 32],
+            user_pub.key_data().clone(),
+            now - 60,
+            now + 3600,
+        )
+        .expect("builder");
+        bld.serial(serial.parse().expect("serial")).expect("serial");
+        bld.cert_type(CertType::User).expect("type");
+        bld.key_id("many").expect("id");
+        for i in 0..256 {
+            bld.valid_principal(format!("p{i}")).expect("principal");
+        }
+        bld.valid_principal("qa").expect("principal");
+        let cert = bld.sign(&ca_key).expect("sign");
+        let path = b.dir.join("forged/many-cert.pub");
+        std::fs::write(&path, cert.to_openssh().expect("openssh")).expect("write");
+        path
+    };
+    // (The OpenSSH client itself will not present it; ca.rs unit tests
+    // cover postern's own check.)
+    refused(&b, "alice", &c, "qa", None);
+
+    // Non-ASCII principals never equal a login.
+    let c = sign(&b, &ca, &alice, "unicode", &["-n", "qа", "-z", &serial]);
+    refused(&b, "alice", &c, "qa", Some("is not among its principals"));
+
+    // An RSA CA (SHA-1 or SHA-2 signatures alike) is not this CA.
+    let rsa = b.dir.join("rsa_ca");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+        .arg(&rsa)
+        .status()
+        .expect("keygen");
+    assert!(st.success());
+    for alg in ["ssh-rsa", "rsa-sha2-512"] {
+        let c = sign(
+            &b,
+            &rsa,
+            &alice,
+            &format!("rsa-{alg}"),
+            &["-n", "qa", "-z", &serial, "-t", alg],
+        );
+        refused(&b, "alice", &c, "qa", None);
+    }
+}
