@@ -38,6 +38,7 @@ struct RawConfig {
     max_startups_per_source: Option<usize>,
     max_auth_failures_per_source: Option<usize>,
     login_grace_time: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 /// The resolved configuration of one bastion.
@@ -68,6 +69,8 @@ pub struct Config {
     pub terminate_on_record_failure: bool,
     /// Pre-authentication limits.
     pub limits: crate::limits::Limits,
+    /// Where the Prometheus metrics page is served; `None` = off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_FILE: &str = "postern.toml";
@@ -89,6 +92,7 @@ control_socket = "data/postern.sock"
 # max_startups_per_source = 16     # ... and per source address
 # max_auth_failures_per_source = 60  # failed logins per minute before a source is refused
 # login_grace_time = "30s"         # time to authenticate
+# metrics_listen = "127.0.0.1:9722"  # Prometheus text; "" turns it off
 "#;
 
 impl Config {
@@ -159,7 +163,17 @@ impl Config {
                 d.login_grace_time,
             )?,
         };
+        let metrics_listen = match raw.metrics_listen.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9722))),
+            Some("") => None,
+            Some(s) => Some(s.parse().map_err(|e| {
+                err(format!(
+                    "metrics_listen = {s:?}: {e} (want host:port, or \"\" for off)"
+                ))
+            })?),
+        };
         Ok(Config {
+            metrics_listen,
             limits,
             terminate_on_record_failure,
             listen,

@@ -23,6 +23,7 @@
 //! - [`forward`]: local port-forwards.
 //! - [`krl`]: OpenSSH KRL of revoked serials.
 //! - [`limits`]: pre-authentication limits (startups, grace time, failures).
+//! - [`metrics`]: Prometheus text metrics on a loopback listener.
 //! - [`gate`]: the read-only command gate.
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod forward;
 pub mod gate;
 pub mod krl;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod prompt;
 pub mod recording;

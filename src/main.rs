@@ -45,14 +45,19 @@ enum Command {
 const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Logs go to stderr; POSTERN_LOG sets the filter (default info) and
+    // POSTERN_LOG_FORMAT=json gives one JSON object per line.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("POSTERN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Init { dir } => match postern::app::init(&dir) {
@@ -142,6 +147,16 @@ fn serve(config: PathBuf) -> ExitCode {
         tracing::info!(%addr, "postern listening");
         println!("postern listening on {addr}");
         tokio::spawn(postern::socket::serve(app.clone(), socket));
+        if let Some(addr) = app.config.metrics_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "metrics listening");
+                    tokio::spawn(postern::metrics::serve(app.clone(), l));
+                }
+                // Metrics are not worth refusing to serve users over.
+                Err(e) => tracing::warn!(%addr, "metrics listener not started: {e}"),
+            }
+        }
         let reload_app = app.clone();
         tokio::spawn(async move {
             let Ok(mut hup) =

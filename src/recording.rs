@@ -235,6 +235,7 @@ async fn write_all(
             // Flush every batch to the OS (survives kill -9); sync to the
             // disk at most once a second (survives power loss, costs less).
             let sync = last_sync.elapsed() >= std::time::Duration::from_secs(1);
+            let began = Instant::now();
             let res = async {
                 w.write_all(chunk.as_bytes()).await?;
                 w.flush().await?;
@@ -244,6 +245,7 @@ async fn write_all(
                 Ok::<(), std::io::Error>(())
             }
             .await;
+            crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
             if sync {
                 last_sync = Instant::now();
             }

@@ -168,6 +168,9 @@ impl Connection {
 
     /// Authentication succeeded with `identity`.
     fn accept(&mut self, identity: Identity) -> Auth {
+        crate::metrics::global()
+            .logins_accepted
+            .fetch_add(1, Ordering::Relaxed);
         self.identity = Some(identity);
         self.authed.store(true, Ordering::SeqCst);
         if let Some(p) = self.preauth.take() {
@@ -177,6 +180,7 @@ impl Connection {
     }
 
     fn refuse(&self, user: &str, why: &str) -> Auth {
+        crate::metrics::global().refused(why);
         if let Some(ip) = self.peer.map(|p| p.ip()) {
             if self.gate.failed(ip) {
                 tracing::warn!(%ip, "source used up its failed-login budget; refusing it for a while");

@@ -167,6 +167,9 @@ impl SessionLog {
             &rec.user,
             json!({ "session": id, "kind": kind, "grant": rec.grant, "target": target, "login": rec.login, "client": rec.client }),
         );
+        crate::metrics::global()
+            .sessions_total
+            .fetch_add(1, Ordering::Relaxed);
         let (kill_tx, kill_rx) = watch::channel(None);
         let (lines, path) = match &recorder {
             Some(r) => (r.live.clone(), Some(r.path.clone())),
@@ -201,6 +204,13 @@ impl SessionLog {
             Ok(a) => (true, a.rules.join(" | ")),
             Err(r) => (false, r.0.clone()),
         };
+        let m = crate::metrics::global();
+        if allowed {
+            &m.gate_allowed
+        } else {
+            &m.gate_refused
+        }
+        .fetch_add(1, Ordering::Relaxed);
         let shown = crate::control::escape(line);
         if allowed {
             tracing::info!(session = %self.rec.id, command = %shown, rule = %detail, "gate allowed");
@@ -251,6 +261,9 @@ impl SessionLog {
         self.rec.exit_status = exit_status;
         self.rec.bytes_in = self.counters.bytes_in.load(Ordering::Relaxed);
         self.rec.bytes_out = self.counters.bytes_out.load(Ordering::Relaxed);
+        let m = crate::metrics::global();
+        m.bytes_in.fetch_add(self.rec.bytes_in, Ordering::Relaxed);
+        m.bytes_out.fetch_add(self.rec.bytes_out, Ordering::Relaxed);
         if let Err(e) = save(&self.app.store, &self.rec, true) {
             tracing::error!("session record: {e}");
         }

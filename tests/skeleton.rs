@@ -325,3 +325,36 @@ fn ctl_talks_to_the_running_server() {
     assert_eq!(out.status.code(), Some(2));
     let _ = Duration::from_secs(0);
 }
+
+#[test]
+fn metrics_count_logins_sessions_and_gate_verdicts() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-readonly", "1h", &["bob"]);
+    b.login("alice", &cert, "qa", &["web-1", "uptime"]);
+    b.login("alice", &cert, "qa", &["web-1", "cat /etc/shadow"]);
+    let stranger = b.dir.join("keys/stranger");
+    keygen(&stranger, "stranger");
+    let mut u = b.user("alice").clone();
+    u.key = stranger;
+    let _ = b.ssh_cmd(&u, None, "access").arg("requests").output();
+    let m = b.metrics();
+    assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    assert!(value("postern_logins_accepted_total") >= 5, "{m}");
+    assert_eq!(value("postern_sessions_total"), 2);
+    assert_eq!(value("postern_sessions_live"), 0);
+    assert_eq!(value("postern_gate_commands_total{verdict=\"allowed\"}"), 1);
+    assert_eq!(value("postern_gate_commands_total{verdict=\"refused\"}"), 1);
+    assert!(
+        m.contains("postern_logins_refused_total{reason=\"key_is_not_enrolled\"}"),
+        "{m}"
+    );
+    assert!(value("postern_bytes_total{direction=\"out\"}") > 0);
+    assert!(value("postern_recording_writes_total") > 0);
+}

@@ -124,6 +124,7 @@ pub struct User {
 pub struct Bastion {
     pub dir: PathBuf,
     pub port: u16,
+    pub metrics_port: u16,
     pub known_hosts: PathBuf,
     pub target: Sshd,
     pub users: Vec<User>,
@@ -192,7 +193,9 @@ impl Bastion {
         }
         let port = free_port();
         let cfg = std::fs::read_to_string(dir.join("postern.toml")).expect("config");
-        let cfg = cfg.replace("127.0.0.1:2222", &format!("127.0.0.1:{port}"));
+        let metrics_port = free_port();
+        let cfg = cfg.replace("127.0.0.1:2222", &format!("127.0.0.1:{port}"))
+            + &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n");
         std::fs::write(dir.join("postern.toml"), cfg).expect("config");
         let host_pub = std::fs::read_to_string(dir.join("hostkeys/ssh_host_ed25519_key.pub"))
             .expect("host pub");
@@ -203,6 +206,7 @@ impl Bastion {
         )
         .expect("known_hosts");
         let mut b = Bastion {
+            metrics_port,
             log: dir.join("postern.log"),
             dir,
             port,
@@ -353,6 +357,17 @@ impl Bastion {
         let path = self.dir.join(format!("keys/{user}-{id}-cert.pub"));
         std::fs::write(&path, &out.stdout).expect("save cert");
         path
+    }
+
+    /// The Prometheus metrics page.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
     }
 
     pub fn log_text(&self) -> String {
