@@ -1,0 +1,67 @@
+//! Faults on the target side: down, silent, unresolvable. The user gets
+//! one clear line, the session is recorded as failed with the reason, and
+//! nothing hangs.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+#[test]
+fn target_down_slow_or_unresolvable_fails_clearly() {
+    // A listener that accepts and then says nothing: a hung target.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let closed_port = free_port();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGjFwwxa53qDkMknfTGDkejpmTMAdeJgrMAh7TboT3tf x";
+    let me = whoami();
+    let extra = format!(
+        "[[target]]\nname = \"down\"\naddress = \"127.0.0.1:{closed_port}\"\nlogin = \"{me}\"\nhost_key = \"{key}\"\nlabels = {{ env = \"prod\" }}\n\n\
+         [[target]]\nname = \"slow\"\naddress = \"127.0.0.1:{silent_port}\"\nlogin = \"{me}\"\nhost_key = \"{key}\"\nlabels = {{ env = \"prod\" }}\n\n\
+         [[target]]\nname = \"nodns\"\naddress = \"no-such-host.invalid:22\"\nlogin = \"{me}\"\nhost_key = \"{key}\"\nlabels = {{ env = \"prod\" }}\n"
+    );
+    let mut b = Bastion::start_with(&extra);
+    let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
+    std::fs::write(
+        b.dir.join("postern.toml"),
+        format!("{cfg}connect_timeout = \"2s\"\n"),
+    )
+    .expect("cfg");
+    b.stop();
+    b.serve();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    for (target, want) in [
+        ("down", "cannot reach target down"),
+        ("slow", "did not answer within 2s"),
+        ("nodns", "cannot reach target nodns"),
+    ] {
+        let t = Instant::now();
+        let out = b.login("alice", &cert, "qa", &[target, "echo reached"]);
+        let took = t.elapsed();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{target}: {err}");
+        assert!(err.contains(want), "{target}: want {want:?} in {err:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{target}: one line: {err:?}");
+        assert!(took < Duration::from_secs(8), "{target}: took {took:?}");
+    }
+    let out = b.access("dave", &["sessions", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list.len(), 3);
+    for s in &list {
+        assert_eq!(s["state"], "ended");
+        assert!(
+            s["end_reason"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("target failed"),
+            "{s}"
+        );
+        assert_eq!(s["exit_status"], 255);
+    }
+}
