@@ -53,7 +53,7 @@ impl App {
         let target_key = Arc::new(ca::read_key(&config.target_key)?);
         let policy = Policy::load_dir(&config.policies_dir)?;
         for w in &policy.warnings {
-            tracing::warn!("policy: {w}");
+            log_policy_note(w);
         }
         let store = Store::open(&config.data_dir).map_err(|source| StartError::Store {
             path: config.data_dir.display().to_string(),
@@ -97,7 +97,7 @@ impl App {
             }
         };
         for w in &p.warnings {
-            tracing::warn!("policy: {w}");
+            log_policy_note(w);
         }
         let roles = p.roles.len();
         self.audit.note(
@@ -110,6 +110,16 @@ impl App {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(p),
         }
         Ok(roles)
+    }
+}
+
+/// A pattern the gate can never run is a mistake worth a warning; a tool
+/// the gate admits with some options refused is worth knowing (info).
+fn log_policy_note(w: &str) {
+    if w.contains("refuses it always") {
+        tracing::warn!("policy: {w}");
+    } else {
+        tracing::info!("policy: {w}");
     }
 }
 
