@@ -10,9 +10,9 @@ use russh::Channel;
 use tokio::net::TcpStream;
 
 use crate::app::App;
-use crate::policy::{split_host_port, Policy};
+use crate::policy::{split_host_port, Policy, RecordForwards};
 use crate::server::GrantLogin;
-use crate::sessions::SessionLog;
+use crate::sessions::{Recording, SessionLog};
 
 /// Decide whether `host:port` may be forwarded; returns the address to dial.
 pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Result<String, String> {
@@ -79,7 +79,17 @@ pub async fn run(
     dest: String,
     client: Option<String>,
 ) {
-    let log = match SessionLog::start(&app, &login, &dest, "forward", client, None).await {
+    let full = app
+        .policy()
+        .roles
+        .get(&login.grant.role)
+        .is_some_and(|r| r.record_forwards == RecordForwards::Full);
+    let recording = if full {
+        Recording::ForwardBytes
+    } else {
+        Recording::None
+    };
+    let log = match SessionLog::start(&app, &login, &dest, "forward", client, recording).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(%dest, "forward refused: {e}");
@@ -104,22 +114,62 @@ pub async fn run(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let mut tcp = tcp;
-    let mut stream = channel.into_stream();
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    let (mut ch_r, mut ch_w) = tokio::io::split(channel.into_stream());
+    let (rec, counters) = (log.recorder.clone(), log.counters.clone());
+    let up = pump(
+        &mut ch_r,
+        &mut tcp_w,
+        rec.as_ref(),
+        true,
+        &counters.bytes_in,
+    );
+    let down = pump(
+        &mut tcp_r,
+        &mut ch_w,
+        rec.as_ref(),
+        false,
+        &counters.bytes_out,
+    );
     let copied = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut stream, &mut tcp) => r,
+        r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
         why = crate::relay::killed(log.kill.clone()) => return log.finish(&why, None).await,
         why = grant_ends(&app, &login.grant.id) => return log.finish(&why, None).await,
     };
+    drop(rec);
     let reason = match copied {
-        Ok((up, down)) => {
-            log.counters.bytes_in.store(up, Ordering::Relaxed);
-            log.counters.bytes_out.store(down, Ordering::Relaxed);
-            "closed".to_string()
-        }
+        Ok(()) => "closed".to_string(),
         Err(e) => format!("ended: {e}"),
     };
     log.finish(&reason, None).await;
+}
+
+/// Copy one direction, counting (and recording, for `record_forwards =
+/// "full"`) every byte; EOF is passed on as a write shutdown.
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    rec: Option<&crate::recording::Recorder>,
+    to_dest: bool,
+    count: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        if let Some(r) = rec {
+            r.bytes(to_dest, &buf[..n]).await;
+        }
+        to.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,17 @@ pub enum Mode {
     Shell,
 }
 
+/// How much of a port-forward is recorded.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordForwards {
+    /// Destination, timing and byte counts.
+    #[default]
+    Metadata,
+    /// That, and every byte both ways.
+    Full,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApprovals {
@@ -99,6 +110,8 @@ struct RawRole {
     filters: Vec<String>,
     #[serde(default)]
     port_forwards: Vec<String>,
+    #[serde(default)]
+    record_forwards: RecordForwards,
     default_ttl: Option<String>,
     max_ttl: Option<String>,
     approvals: Option<RawApprovals>,
@@ -133,6 +146,7 @@ pub struct Role {
     pub commands: Vec<CommandPattern>,
     pub filters: Vec<CommandPattern>,
     pub port_forwards: Vec<String>,
+    pub record_forwards: RecordForwards,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub approvals_required: usize,
@@ -311,6 +325,7 @@ impl Policy {
                     commands,
                     filters,
                     port_forwards: r.port_forwards,
+                    record_forwards: r.record_forwards,
                     default_ttl,
                     max_ttl,
                     approvals_required: approvals.required,

@@ -28,6 +28,7 @@ enum Rec {
     In(f64, Bytes),
     Resize(f64, u32, u32),
     Marker(f64, String),
+    Bytes(f64, bool, Bytes),
 }
 
 /// One recorded line, numbered, for live watchers.
@@ -71,13 +72,6 @@ impl Recorder {
         height: u32,
         title: String,
     ) -> std::io::Result<(Recorder, tokio::task::JoinHandle<Summary>)> {
-        tokio::fs::create_dir_all(dir).await?;
-        let path = dir.join(format!("{id}.cast"));
-        let file = tokio::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .await?;
         let header = Header {
             version: 2,
             width: width.max(1),
@@ -89,6 +83,37 @@ impl Recorder {
             title: Some(title),
             env: None,
         };
+        let header = serde_json::to_string(&header).map_err(std::io::Error::other)?;
+        Recorder::open(dir, &format!("{id}.cast"), header).await
+    }
+
+    /// A port-forward's byte recording, `dir/ID.fwd.jsonl`: a JSON header
+    /// line, then `[t, "c", base64]` (client → destination) and
+    /// `[t, "s", base64]` (destination → client) lines.
+    pub async fn start_forward(
+        dir: &Path,
+        id: &str,
+        dest: &str,
+    ) -> std::io::Result<(Recorder, tokio::task::JoinHandle<Summary>)> {
+        let header = serde_json::json!({
+            "version": 1, "kind": "port-forward", "destination": dest,
+            "timestamp": crate::ca::now_secs(), "encoding": "base64",
+        });
+        Recorder::open(dir, &format!("{id}.fwd.jsonl"), header.to_string()).await
+    }
+
+    async fn open(
+        dir: &Path,
+        name: &str,
+        header: String,
+    ) -> std::io::Result<(Recorder, tokio::task::JoinHandle<Summary>)> {
+        tokio::fs::create_dir_all(dir).await?;
+        let path = dir.join(name);
+        let file = tokio::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (live, _) = broadcast::channel(FANOUT);
         let failed = Arc::new(AtomicBool::new(false));
@@ -119,6 +144,18 @@ impl Recorder {
 
     pub async fn resize(&self, cols: u32, rows: u32) {
         let _ = self.tx.send(Rec::Resize(self.now(), cols, rows)).await;
+    }
+
+    /// Raw forwarded bytes; `to_dest` is the client → destination side.
+    pub async fn bytes(&self, to_dest: bool, data: &[u8]) {
+        let _ = self
+            .tx
+            .send(Rec::Bytes(
+                self.now(),
+                to_dest,
+                Bytes::copy_from_slice(data),
+            ))
+            .await;
     }
 
     pub async fn marker(&self, label: String) {
@@ -173,7 +210,7 @@ impl Utf8Stream {
 
 async fn write_all(
     file: tokio::fs::File,
-    header: Header,
+    header: String,
     mut rx: mpsc::Receiver<Rec>,
     live: broadcast::Sender<Line>,
     failed: Arc<AtomicBool>,
@@ -186,10 +223,7 @@ async fn write_all(
     let mut in_dec = Utf8Stream::default();
     let mut error: Option<String> = None;
     let mut pending: Vec<String> = Vec::new();
-    match serde_json::to_string(&header) {
-        Ok(h) => pending.push(h),
-        Err(e) => error = Some(e.to_string()),
-    }
+    pending.push(header);
     let mut header_done = false;
     let mut last_sync = Instant::now();
     loop {
@@ -220,6 +254,12 @@ async fn write_all(
                 }
                 Rec::Marker(t, label) => {
                     Some(serde_json::json!([round(t), "m", label]).to_string())
+                }
+                Rec::Bytes(t, to_dest, d) => {
+                    use base64::Engine;
+                    let side = if to_dest { "c" } else { "s" };
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&d);
+                    Some(serde_json::json!([round(t), side, b64]).to_string())
                 }
             };
             if let Some(l) = line {

@@ -19,7 +19,7 @@ use crate::policy::{valid_name, Mode};
 use crate::relay::{self, Plan};
 use crate::replay::Stream;
 use crate::server::{GrantLogin, Identity};
-use crate::sessions::{SessionLog, Size};
+use crate::sessions::{Recording, SessionLog, Size};
 
 /// What a channel task needs from its connection.
 pub struct Context {
@@ -328,17 +328,25 @@ async fn grant_channel(
         rows: p.rows,
     });
     let client = ctx.peer.map(|p| p.to_string());
-    let mut log =
-        match SessionLog::start(&ctx.app, login, &target.name, kind, client, Some(size)).await {
-            Ok(l) => l,
-            Err(e) => {
-                // Nothing reaches a target unrecorded.
-                tracing::error!(grant = %grant.id, "session refused: {e}");
-                let (_, w) = ch.split();
-                let msg = format!("postern: {e}; refusing to open an unrecorded session\n");
-                return finish(&w, "", &msg, 255, is_pty).await;
-            }
-        };
+    let mut log = match SessionLog::start(
+        &ctx.app,
+        login,
+        &target.name,
+        kind,
+        client,
+        Recording::Terminal(size),
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            // Nothing reaches a target unrecorded.
+            tracing::error!(grant = %grant.id, "session refused: {e}");
+            let (_, w) = ch.split();
+            let msg = format!("postern: {e}; refusing to open an unrecorded session\n");
+            return finish(&w, "", &msg, 255, is_pty).await;
+        }
+    };
     let (reason, status) = match role.mode {
         Mode::Shell => {
             let plan = Plan {

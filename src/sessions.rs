@@ -111,6 +111,16 @@ pub struct Size {
     pub rows: u32,
 }
 
+/// What a session records besides its metadata.
+pub enum Recording {
+    /// An asciicast of a terminal of this size.
+    Terminal(Size),
+    /// Every byte of a port-forward, both ways.
+    ForwardBytes,
+    /// Metadata only.
+    None,
+}
+
 impl SessionLog {
     /// Create the record (state `live`), the recording (unless `size` is
     /// `None`, for port-forwards) and the registry entry.
@@ -120,7 +130,7 @@ impl SessionLog {
         target: &str,
         kind: &str,
         client: Option<String>,
-        size: Option<Size>,
+        recording: Recording,
     ) -> Result<SessionLog, String> {
         let id = app.store.new_id(SESSIONS, "s").map_err(|e| e.to_string())?;
         let mut rec = SessionRecord {
@@ -146,19 +156,25 @@ impl SessionLog {
             sha256: None,
             commands: Vec::new(),
         };
-        let (recorder, writer) = match size {
-            Some(s) => {
+        let started = match recording {
+            Recording::Terminal(s) => {
                 let title = format!(
                     "{} as {} on {} ({})",
                     rec.user, rec.login, rec.target, rec.kind
                 );
-                let (r, w) =
-                    Recorder::start(&app.config.recordings_dir, &id, s.cols, s.rows, title)
-                        .await
-                        .map_err(|e| format!("cannot start the recording: {e}"))?;
+                Some(Recorder::start(&app.config.recordings_dir, &id, s.cols, s.rows, title).await)
+            }
+            Recording::ForwardBytes => {
+                Some(Recorder::start_forward(&app.config.recordings_dir, &id, target).await)
+            }
+            Recording::None => None,
+        };
+        let (recorder, writer) = match started {
+            Some(Ok((r, w))) => {
                 rec.recording = Some(r.path.display().to_string());
                 (Some(r), Some(w))
             }
+            Some(Err(e)) => return Err(format!("cannot start the recording: {e}")),
             None => (None, None),
         };
         save(&app.store, &rec, true).map_err(|e| e.to_string())?;

@@ -220,3 +220,44 @@ fn a_changed_target_host_key_is_refused() {
     let out = b.login("alice", &cert, "qa", &["web-1", "echo reached"]);
     assert_eq!(text(&out.stdout).trim(), "reached");
 }
+
+#[test]
+fn forwards_are_session_records_and_full_ones_keep_the_bytes() {
+    let echo = echo_server();
+    let role = forward_role(echo) + "record_forwards = \"full\"\n";
+    let b = Bastion::start_with(&role);
+    let (_id, cert) = b.granted("alice", "qa-forward", "1h", &["bob"]);
+    let (_p, lport) = start_forward(&b, &cert, &format!("127.0.0.1:{echo}"));
+    assert_eq!(echo_through(lport).as_deref(), Some("ping\n"));
+    let s = eventually(Duration::from_secs(5), "the forward session to end", || {
+        let out = b.access("dave", &["sessions", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        // (start_forward's readiness probe is a forward session too, with no bytes.)
+        v.as_array()?
+            .iter()
+            .find(|s| s["kind"] == "forward" && s["state"] == "ended" && s["bytes_in"] != 0)
+            .cloned()
+    });
+    assert_eq!(s["target"], format!("127.0.0.1:{echo}"));
+    assert_eq!(s["bytes_in"], 5);
+    assert_eq!(s["bytes_out"], 5);
+    let path = s["recording"]
+        .as_str()
+        .expect("full forwards have a recording");
+    let text = std::fs::read_to_string(path).expect("recording");
+    let mut lines = text.lines();
+    let header: serde_json::Value =
+        serde_json::from_str(lines.next().expect("header")).expect("json");
+    assert_eq!(header["kind"], "port-forward");
+    let events: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(
+        events.iter().any(|e| e[1] == "c" && e[2] == "cGluZwo="),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e[1] == "s" && e[2] == "cGluZwo="),
+        "{events:?}"
+    );
+}
