@@ -173,10 +173,13 @@ impl Recorder {
 #[derive(Default)]
 pub struct Utf8Stream {
     carry: Vec<u8>,
+    /// Whether the last `push` had to replace bytes.
+    pub replaced: bool,
 }
 
 impl Utf8Stream {
     pub fn push(&mut self, data: &[u8]) -> String {
+        self.replaced = false;
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(data);
         let mut out = String::with_capacity(buf.len());
@@ -192,6 +195,7 @@ impl Utf8Stream {
                     out.push_str(std::str::from_utf8(good).unwrap_or_default());
                     match e.error_len() {
                         Some(n) => {
+                            self.replaced = true;
                             out.push('\u{fffd}');
                             rest = &bad[n..];
                         }
@@ -243,7 +247,16 @@ async fn write_all(
             let line = match rec {
                 Rec::Out(t, d) => {
                     let text = out_dec.push(&d);
-                    (!text.is_empty()).then(|| entry(t, EventType::Output, text))
+                    if out_dec.replaced {
+                        // Players get U+FFFD (asciicast is JSON text); the
+                        // exact bytes follow in an `x` event for tools.
+                        use base64::Engine;
+                        pending.push(entry(t, EventType::Output, text));
+                        let raw = base64::engine::general_purpose::STANDARD.encode(&d);
+                        Some(serde_json::json!([round(t), "x", raw]).to_string())
+                    } else {
+                        (!text.is_empty()).then(|| entry(t, EventType::Output, text))
+                    }
                 }
                 Rec::In(t, d) => {
                     let text = in_dec.push(&d);
@@ -409,6 +422,9 @@ mod tests {
         assert_eq!(out, s);
         let mut d = Utf8Stream::default();
         assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
+        assert!(d.replaced);
+        assert_eq!(d.push(b"ok"), "ok");
+        assert!(!d.replaced);
     }
 
     #[tokio::test]

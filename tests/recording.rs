@@ -351,3 +351,39 @@ fn on_record_failure_continue_lets_the_session_finish() {
     assert!(text(&out.stdout).ends_with("finished\n"));
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn bytes_that_are_not_utf8_keep_their_exact_value() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &["web-1", "printf 'bin:\\377\\376:end'"],
+    );
+    assert_eq!(out.stdout, b"bin:\xff\xfe:end");
+    let s = &sessions(&b, "dave", &[])[0];
+    let id = s["id"].as_str().expect("id");
+    let cast = text(&b.access("dave", &["export", id]).stdout);
+    let mut raw = Vec::new();
+    for line in cast.lines().skip(1) {
+        let (_, kind, data): (f64, String, String) = serde_json::from_str(line).expect("event");
+        if kind == "x" {
+            use base64::Engine;
+            raw.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .expect("base64"),
+            );
+        }
+    }
+    assert_eq!(
+        raw, b"bin:\xff\xfe:end",
+        "the x events carry the exact bytes"
+    );
+    assert!(
+        cast.contains("bin:\u{fffd}\u{fffd}:end"),
+        "players see replacement characters: {cast}"
+    );
+}
