@@ -374,6 +374,7 @@ pub async fn run(
     let _ = w.exit_status(status).await;
     let _ = w.eof().await;
     let _ = w.close().await;
+    up.close().await;
     (reason, Some(status))
 }
 

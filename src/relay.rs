@@ -209,8 +209,12 @@ pub async fn proxy(
         pty: is_pty,
         recorder: log.recorder.clone(),
     };
+    let mut to_target = to_target;
     let ended: Ending = tokio::select! {
         status = to_client => ("closed".into(), status),
+        // The client went away (closed the channel or the connection):
+        // nothing is left to serve, whatever the target is still doing.
+        _ = &mut to_target => ("client closed the session".into(), None),
         why = watch.run() => (why, Some(255)),
         why = killed(log.kill.clone()) => {
             let nl = if is_pty { "\r\n" } else { "\n" };
@@ -218,13 +222,13 @@ pub async fn proxy(
         }
     };
     to_target.abort();
-    if ended.0 != "closed" {
+    if ended.0 != "closed" && ended.1.is_some() {
         tracing::info!(session = %log.rec.id, grant = %grant.id, target = %target.name, why = %ended.0, "session cut");
         let _ = ctx.handle.exit_status_request(id, 255).await;
     }
     let _ = ctx.handle.eof(id).await;
     let _ = ctx.handle.close(id).await;
-    drop(up);
+    up.close().await;
     ended
 }
 

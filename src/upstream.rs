@@ -216,6 +216,19 @@ pub async fn connect(
 }
 
 impl Upstream {
+    /// Disconnect from the target now (dropping the handle alone leaves
+    /// the connection to russh's own timing).
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                "session over".into(),
+                "en".into(),
+            )
+            .await;
+    }
+
     pub async fn open_session(&self, target: &str) -> Result<Channel<Msg>, UpstreamError> {
         self.handle
             .channel_open_session()

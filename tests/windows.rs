@@ -421,3 +421,39 @@ fn revocation_reaches_forwards_and_multiplexed_connections() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn a_client_that_vanishes_ends_its_session_and_target_connection() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let (mut child, _r) = live_session(&b, &cert);
+    let target_conns = || {
+        // Established TCP connections to the target's sshd port.
+        let port = format!("{:04X}", b.target.port);
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[3] == "01" && f[2].ends_with(&format!(":{port}"))
+            })
+            .count()
+    };
+    assert_eq!(target_conns(), 1, "one upstream connection while live");
+    child.kill().expect("kill ssh");
+    let _ = child.wait();
+    let s = eventually(Duration::from_secs(5), "the session to end", || {
+        let out = b.ctl(&["sessions", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .first()
+            .filter(|s| s["state"] == "ended")
+            .cloned()
+    });
+    assert_eq!(s["end_reason"], "client closed the session");
+    eventually(
+        Duration::from_secs(5),
+        "the upstream connection to close",
+        || (target_conns() == 0).then_some(()),
+    );
+}
