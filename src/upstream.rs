@@ -221,11 +221,7 @@ impl Upstream {
     pub async fn close(self) {
         let _ = self
             .handle
-            .disconnect(
-                russh::Disconnect::ByApplication,
-                "session over".into(),
-                "en".into(),
-            )
+            .disconnect(russh::Disconnect::ByApplication, "session over", "en")
             .await;
     }
 
