@@ -154,9 +154,48 @@ impl client::Handler for TargetHandler {
     }
 }
 
+/// AES-GCM only, for a server leg on a CPU with AES instructions.
+pub const GCM_ONLY: &[russh::cipher::Name] =
+    &[russh::cipher::AES_256_GCM, russh::cipher::AES_128_GCM];
+
+/// Towards targets the bastion is the client, so its order decides:
+/// AES-GCM first where the CPU has AES instructions, then the defaults.
+const GCM_FIRST: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
+/// Does this CPU have AES instructions?
+pub fn has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// Client settings for every target connection, in one place.
 fn client_config() -> client::Config {
     client::Config {
+        preferred: if has_aes() {
+            russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(GCM_FIRST),
+                ..russh::Preferred::DEFAULT
+            }
+        } else {
+            russh::Preferred::DEFAULT
+        },
         // Interactive keystrokes must not wait for Nagle.
         nodelay: true,
         // Large windows and packets keep bulk output flowing on one RTT.
