@@ -290,11 +290,18 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
         }),
         Verb::Grants => access::visible_grants(app, caller).map(|gs| {
             if json {
-                to_line(&Value::Array(gs.iter().map(grant_json).collect()))
+                let list = gs.iter().map(|g| {
+                    let mut v = grant_json(g);
+                    v["live_sessions"] = json!(app.live.for_grant(&g.id));
+                    v
+                });
+                to_line(&Value::Array(list.collect()))
             } else if gs.is_empty() {
                 "no grants\n".into()
             } else {
-                gs.iter().map(render_grant).collect()
+                gs.iter()
+                    .map(|g| render_grant(g, app.live.for_grant(&g.id)))
+                    .collect()
             }
         }),
         Verb::Revoke { id, reason } => {
@@ -536,11 +543,11 @@ fn render_request(r: &Request, json: bool, hint: bool) -> String {
     s
 }
 
-fn render_grant(g: &Grant) -> String {
+fn render_grant(g: &Grant, live: usize) -> String {
     let now = now_secs();
     let left = g.end.saturating_sub(now.max(g.start));
     format!(
-        "{}  {}  {}  role={}  request={}  left={}\n",
+        "{}  {}  {}  role={}  request={}  left={}  live_sessions={live}\n",
         g.id,
         g.state(now),
         escape(&g.user),

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc};
 /// Queue depth between a session and its writer.
 const QUEUE: usize = 256;
 /// Live fan-out depth; a watcher further behind than this skips ahead.
-const FANOUT: usize = 1024;
+const FANOUT: usize = 128;
 
 /// What a session hands its recorder.
 #[derive(Debug)]
@@ -219,7 +219,9 @@ async fn write_all(
     live: broadcast::Sender<Line>,
     failed: Arc<AtomicBool>,
 ) -> Summary {
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, file);
+    // Small: batches are flushed as they are written, and every idle
+    // session keeps one of these.
+    let mut w = tokio::io::BufWriter::with_capacity(8 * 1024, file);
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let mut seq = 0u64;

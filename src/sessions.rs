@@ -57,6 +57,8 @@ pub struct SessionRecord {
 /// A live session as others can reach it.
 pub struct Live {
     pub user: String,
+    /// The grant the session runs under.
+    pub grant: String,
     /// Written recording lines, for watchers.
     pub lines: broadcast::Sender<Line>,
     /// Recording file, for the replay part of a watch (`None` for forwards).
@@ -83,6 +85,10 @@ impl Registry {
     }
     pub fn count(&self) -> usize {
         self.lock().len()
+    }
+    /// Live sessions under one grant.
+    pub fn for_grant(&self, grant: &str) -> usize {
+        self.lock().values().filter(|l| l.grant == grant).count()
     }
 }
 
@@ -195,6 +201,7 @@ impl SessionLog {
             id.clone(),
             Arc::new(Live {
                 user: rec.user.clone(),
+                grant: rec.grant.clone(),
                 lines,
                 path,
                 kill: kill_tx,

@@ -43,6 +43,18 @@ fn revoke_cuts_a_live_session_within_a_second() {
     let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
     let (mut child, _r) = live_session(&b, &cert);
     let gid = grant_id(&b);
+    let grants: serde_json::Value =
+        serde_json::from_slice(&b.ctl(&["grants", "--json"]).stdout).expect("json");
+    assert_eq!(grants[0]["live_sessions"], 1, "{grants}");
+    assert_eq!(grants[0]["state"], "live");
+    // The control socket is the admin's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(b.dir.join("data/postern.sock"))
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
     let out = b.ctl(&["revoke", &gid, "--reason", "incident over"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let revoked_at = Instant::now();
