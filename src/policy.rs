@@ -112,6 +112,7 @@ struct RawRole {
     port_forwards: Vec<String>,
     #[serde(default)]
     record_forwards: RecordForwards,
+    idle_timeout: Option<String>,
     default_ttl: Option<String>,
     max_ttl: Option<String>,
     approvals: Option<RawApprovals>,
@@ -147,6 +148,8 @@ pub struct Role {
     pub filters: Vec<CommandPattern>,
     pub port_forwards: Vec<String>,
     pub record_forwards: RecordForwards,
+    /// Sessions with no input or output for this long are closed.
+    pub idle_timeout: Option<Duration>,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub approvals_required: usize,
@@ -307,6 +310,14 @@ impl Policy {
                     )));
                 }
             }
+            let idle_timeout = r
+                .idle_timeout
+                .as_deref()
+                .map(|s| {
+                    humantime::parse_duration(s)
+                        .map_err(|e| err(format!("role {name:?}: idle_timeout = {s:?}: {e}")))
+                })
+                .transpose()?;
             let approvals = r.approvals.unwrap_or(RawApprovals {
                 required: 1,
                 from: Vec::new(),
@@ -326,6 +337,7 @@ impl Policy {
                     filters,
                     port_forwards: r.port_forwards,
                     record_forwards: r.record_forwards,
+                    idle_timeout,
                     default_ttl,
                     max_ttl,
                     approvals_required: approvals.required,

@@ -163,10 +163,13 @@ impl Editor {
 struct Term<'a> {
     w: &'a ChannelWriteHalf<Msg>,
     rec: Option<Recorder>,
+    /// Output counts as activity for `idle_timeout`.
+    counters: std::sync::Arc<crate::sessions::Counters>,
 }
 
 impl Term<'_> {
     async fn write(&self, data: Bytes) -> Result<(), russh::Error> {
+        self.counters.touch();
         if let Some(r) = &self.rec {
             r.output(&data).await;
         }
@@ -207,6 +210,7 @@ pub async fn run(
     let term = Term {
         w: &w,
         rec: log.recorder.clone(),
+        counters: log.counters.clone(),
     };
     let watch = Watch {
         app: &ctx.app,
@@ -216,6 +220,7 @@ pub async fn run(
         channel: id,
         pty: true,
         recorder: log.recorder.clone(),
+        idle: role.idle_timeout.map(|d| (d, log.counters.clone())),
     };
     let watchdog = watch.run();
     tokio::pin!(watchdog);
@@ -254,6 +259,7 @@ pub async fn run(
             };
             match msg {
                 Some(ChannelMsg::Data { data }) => {
+                    log.counters.touch();
                     if let Some(rec) = &log.recorder {
                         rec.input(&data).await;
                     }

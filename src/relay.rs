@@ -4,6 +4,7 @@
 //! live (revoked, shortened, window over) — checked twice a second.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +53,12 @@ pub async fn proxy(
         crlf,
     } = plan;
     let is_pty = pty.is_some() || crlf;
+    let idle_timeout = ctx
+        .app
+        .policy()
+        .roles
+        .get(&grant.role)
+        .and_then(|r| r.idle_timeout);
     let up = match upstream::connect(
         target,
         ctx.app.target_key.clone(),
@@ -104,6 +111,7 @@ pub async fn proxy(
                     counters_in
                         .bytes_in
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters_in.touch();
                     if let Some(r) = &rec_in {
                         r.input(&data).await;
                     }
@@ -147,6 +155,7 @@ pub async fn proxy(
                     counters
                         .bytes_out
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters.touch();
                     if let Some(r) = &rec_out {
                         r.output(&data).await;
                     }
@@ -157,6 +166,7 @@ pub async fn proxy(
                     counters
                         .bytes_out
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters.touch();
                     if let Some(r) = &rec_out {
                         r.output(&data).await;
                     }
@@ -208,6 +218,7 @@ pub async fn proxy(
         channel: id,
         pty: is_pty,
         recorder: log.recorder.clone(),
+        idle: idle_timeout.map(|d| (d, log.counters.clone())),
     };
     let mut to_target = to_target;
     let ended: Ending = tokio::select! {
@@ -281,6 +292,8 @@ pub struct Watch<'a> {
     pub channel: ChannelId,
     pub pty: bool,
     pub recorder: Option<Recorder>,
+    /// The role's `idle_timeout` and the session's activity clock.
+    pub idle: Option<(Duration, Arc<crate::sessions::Counters>)>,
 }
 
 impl Watch<'_> {
@@ -292,8 +305,27 @@ impl Watch<'_> {
         let (handle, id) = (self.handle, self.channel);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut warned = [false, false];
+        let mut idle_warned = false;
         loop {
             tick.tick().await;
+            if let Some((limit, counters)) = &self.idle {
+                let idle =
+                    now_secs().saturating_sub(counters.last_activity.load(Ordering::Relaxed));
+                if idle >= limit.as_secs() {
+                    let d = humantime::format_duration(*limit);
+                    return say(handle, id, nl, &format!("idle for {d}; closing")).await;
+                }
+                let notice = limit.as_secs().min(60);
+                if idle + notice >= limit.as_secs() && !idle_warned {
+                    idle_warned = true;
+                    let msg = format!(
+                        "{nl}postern: idle; closing in {notice}s unless there is activity{nl}"
+                    );
+                    let _ = handle.extended_data(id, 1, Bytes::from(msg)).await;
+                } else if idle + notice < limit.as_secs() {
+                    idle_warned = false;
+                }
+            }
             if self.recorder.as_ref().is_some_and(|r| r.has_failed())
                 && self.app.config.terminate_on_record_failure
             {

@@ -97,6 +97,14 @@ impl Registry {
 pub struct Counters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Unix seconds of the last byte either way (for `idle_timeout`).
+    pub last_activity: AtomicU64,
+}
+
+impl Counters {
+    pub fn touch(&self) {
+        self.last_activity.store(now_secs(), Ordering::Relaxed);
+    }
 }
 
 /// The session side of a record: updates the store and the recording.
@@ -213,7 +221,11 @@ impl SessionLog {
             recorder,
             writer,
             kill: kill_rx,
-            counters: Arc::new(Counters::default()),
+            counters: {
+                let c = Arc::new(Counters::default());
+                c.touch();
+                c
+            },
         })
     }
 

@@ -469,3 +469,37 @@ fn a_client_that_vanishes_ends_its_session_and_target_connection() {
         || (target_conns() == 0).then_some(()),
     );
 }
+
+#[test]
+fn idle_sessions_are_warned_then_closed() {
+    let role = "[role.idle]\nrequestable_by = [\"qa\"]\nlogins = [\"qa\"]\ntargets = [\"env=prod\"]\nmode = \"shell\"\n\
+                idle_timeout = \"3s\"\napprovals = { required = 1, from = [\"qa-lead\"] }\n";
+    let b = Bastion::start_with(role);
+    let (_id, cert) = b.granted("alice", "idle", "1h", &["bob"]);
+    // Busy for longer than the timeout: not idle.
+    let t = Instant::now();
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &[
+            "web-1",
+            "for i in 1 2 3 4 5 6 7 8; do echo busy; sleep 0.5; done",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout).matches("busy").count(),
+        8,
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(t.elapsed() > Duration::from_secs(4));
+    // Silent: warned, then closed.
+    let t = Instant::now();
+    let out = b.login("alice", &cert, "qa", &["web-1", "sleep 30"]);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(6), "closed after {took:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("idle; closing in 3s"), "{err}");
+    assert!(err.contains("idle for 3s; closing"), "{err}");
+}
