@@ -13,6 +13,9 @@ use crate::ca::{self, now_secs, CertRequest};
 use crate::policy::{Policy, Role};
 use crate::store::{StoreError, GRANTS, REQUESTS};
 
+/// How far ahead a planned window may start.
+pub const MAX_START_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Who is asking: a policy user over SSH, or the local admin over the socket.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -221,6 +224,14 @@ pub fn request(app: &App, caller: &Caller, new: NewRequest<'_>) -> Result<Reques
             new.targets.unwrap_or("").to_string(),
         ));
     }
+    if let Some(start) = new.start {
+        if start > now_secs() + MAX_START_AHEAD.as_secs() {
+            return Err(AccessError::Internal(format!(
+                "--start is more than {} ahead",
+                humantime::format_duration(MAX_START_AHEAD)
+            )));
+        }
+    }
     let id = app.store.new_id(REQUESTS, "req")?;
     let mut req = Request {
         id,
@@ -304,6 +315,7 @@ pub fn approve(
     id: &str,
     comment: Option<&str>,
 ) -> Result<Request, AccessError> {
+    let _guard = app.access_lock.lock().unwrap_or_else(|p| p.into_inner());
     let policy = app.policy();
     let mut req = load_request(app, id)?;
     may_decide(&policy, caller, &req)?;
@@ -335,6 +347,7 @@ pub fn approve(
 }
 
 pub fn deny(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Request, AccessError> {
+    let _guard = app.access_lock.lock().unwrap_or_else(|p| p.into_inner());
     let policy = app.policy();
     let mut req = load_request(app, id)?;
     may_decide(&policy, caller, &req)?;
@@ -375,7 +388,7 @@ fn grant_request(app: &App, role: &Role, req: &mut Request) -> Result<(), Access
         logins: role.logins.clone(),
         targets: req.targets.clone(),
         start,
-        end: start + req.duration_secs,
+        end: start.saturating_add(req.duration_secs),
         serial,
         key: req.key.clone(),
         cert: None,
@@ -435,6 +448,7 @@ pub fn find_grant(app: &App, id: &str) -> Result<Grant, AccessError> {
 
 /// The certificate for a grant, issued on first ask and the same after.
 pub fn certificate(app: &App, caller: &Caller, id: &str) -> Result<(Grant, String), AccessError> {
+    let _guard = app.access_lock.lock().unwrap_or_else(|p| p.into_inner());
     let mut grant = find_grant(app, id)?;
     if grant.user != caller.name {
         return Err(AccessError::NotYours);
@@ -487,6 +501,7 @@ pub fn visible_grants(app: &App, caller: &Caller) -> Result<Vec<Grant>, AccessEr
 }
 
 pub fn revoke(app: &App, caller: &Caller, id: &str, reason: &str) -> Result<Grant, AccessError> {
+    let _guard = app.access_lock.lock().unwrap_or_else(|p| p.into_inner());
     if !caller.is_admin() {
         return Err(AccessError::AdminOnly);
     }
@@ -537,6 +552,7 @@ pub fn extend(
     by: &str,
     force_reason: Option<&str>,
 ) -> Result<Grant, AccessError> {
+    let _guard = app.access_lock.lock().unwrap_or_else(|p| p.into_inner());
     let by = parse_duration(by)?;
     let mut grant = live_grant_for_admin(app, caller, id)?;
     let policy = app.policy();
@@ -569,6 +585,7 @@ pub fn extend(
 /// `shorten GRANT --to D`: the window ends `D` from now (live sessions are
 /// cut when it does).
 pub fn shorten(app: &App, caller: &Caller, id: &str, to: &str) -> Result<Grant, AccessError> {
+    let _guard = app.access_lock.lock().unwrap_or_else(|p| p.into_inner());
     let to = parse_duration(to)?;
     let mut grant = live_grant_for_admin(app, caller, id)?;
     let now = now_secs();

@@ -28,6 +28,9 @@ pub struct App {
     pub audit: crate::audit::Audit,
     /// Live sessions, for watch and kill.
     pub live: crate::sessions::Registry,
+    /// Serialises the read-modify-write of requests and grants, so two
+    /// approvers, or a `cert` and a `revoke`, cannot interleave.
+    pub access_lock: std::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,7 @@ impl App {
         })?;
         let audit = crate::audit::Audit::open(store.clone())?;
         Ok(App {
+            access_lock: std::sync::Mutex::new(()),
             live: crate::sessions::Registry::default(),
             audit,
             config,

@@ -246,6 +246,12 @@ pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
             if !caller.is_admin() {
                 return Err(access::AccessError::AdminOnly);
             }
+            // Over SSH an admin may not pick a path on the bastion's disk.
+            if out.is_some() && caller.key.is_some() {
+                return Err(access::AccessError::Internal(
+                    "--out is for postern ctl on the bastion host; over ssh the KRL goes to DATA_DIR/revoked.krl".into(),
+                ));
+            }
             let serials = access::revoked_serials(app)?;
             let bytes = crate::krl::encode(app.ca_public(), &serials)
                 .map_err(access::AccessError::Internal)?;
@@ -485,6 +491,7 @@ fn request_json(r: &Request) -> Value {
         "duration_secs": r.duration_secs,
         "targets": r.targets,
         "created": r.created,
+        "start": r.start,
         "approvals": r.approvals.iter().map(|a| json!({"by": a.by, "at": a.at, "comment": a.text})).collect::<Vec<_>>(),
         "denial": r.denial.as_ref().map(|d| json!({"by": d.by, "at": d.at, "reason": d.text})),
         "grant": r.grant,
@@ -520,6 +527,12 @@ fn render_request(r: &Request, json: bool, hint: bool) -> String {
         humantime::format_duration(std::time::Duration::from_secs(r.duration_secs)),
         escape(&r.reason),
     );
+    if let Some(start) = r.start {
+        let at = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(start),
+        );
+        s.push_str(&format!("  starts={at}"));
+    }
     if !r.approvals.is_empty() {
         let by: Vec<String> = r.approvals.iter().map(|a| escape(&a.by)).collect();
         s.push_str(&format!("  approved-by={}", by.join(",")));

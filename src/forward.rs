@@ -28,6 +28,21 @@ pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Resu
     if !role.port_forwards.iter().any(|f| f == &wanted) {
         return Err(format!("{wanted} is not in the role's port_forwards"));
     }
+    // Targets outside the grant (a request narrowed with --targets) are
+    // out of reach by name and by address.
+    let granted = policy.targets_for(role, &login.grant.targets);
+    let outside = |name: &str| !granted.iter().any(|t| t.name == name);
+    if policy.target(host).is_some_and(|t| outside(&t.name)) {
+        return Err(format!("{host} is not in your grant"));
+    }
+    for t in &policy.targets {
+        if outside(&t.name) && split_host_port(&t.address).is_some_and(|(h, _)| h == host) {
+            return Err(format!(
+                "{host} is target {}'s host, which is not in your grant",
+                t.name
+            ));
+        }
+    }
     // A name that is a target resolves to that target's host.
     let dest = match policy.target(host) {
         Some(t) => {
@@ -55,17 +70,24 @@ pub fn check(policy: &Policy, login: &GrantLogin, host: &str, port: u32) -> Resu
     Ok(dest)
 }
 
-/// Resolve when the grant stops being live (checked twice a second).
-async fn grant_ends(app: &App, grant_id: &str) -> String {
+/// Resolve when the grant stops being live or policy stops allowing this
+/// forward (checked twice a second).
+async fn grant_ends(app: &App, login: &GrantLogin, host: &str, port: u32) -> String {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tick.tick().await;
-        let g: Option<crate::access::Grant> =
-            app.store.get(crate::store::GRANTS, grant_id).ok().flatten();
+        let g: Option<crate::access::Grant> = app
+            .store
+            .get(crate::store::GRANTS, &login.grant.id)
+            .ok()
+            .flatten();
         match g {
             Some(g) if g.live_at(crate::ca::now_secs()) => {}
             Some(g) => return format!("grant {} is {}", g.id, g.state(crate::ca::now_secs())),
             None => return "grant no longer exists".into(),
+        }
+        if let Err(why) = check(&app.policy(), login, host, port) {
+            return format!("policy no longer allows this forward: {why}");
         }
     }
 }
@@ -76,7 +98,7 @@ pub async fn run(
     app: Arc<App>,
     login: GrantLogin,
     channel: Channel<Msg>,
-    dest: String,
+    (host, port, dest): (String, u32, String),
     client: Option<String>,
 ) {
     let full = app
@@ -134,7 +156,7 @@ pub async fn run(
     let copied = tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
         why = crate::relay::killed(log.kill.clone()) => return log.finish(&why, None).await,
-        why = grant_ends(&app, &login.grant.id) => return log.finish(&why, None).await,
+        why = grant_ends(&app, &login, &host, port) => return log.finish(&why, None).await,
     };
     drop(rec);
     let reason = match copied {
@@ -226,6 +248,26 @@ mod tests {
             Ok("10.0.0.5:5432".to_string())
         );
         assert!(check(&p, &g, "web-1", 5433).is_err());
+    }
+
+    #[test]
+    fn a_narrowed_grant_cannot_forward_to_other_targets() {
+        let (mut p, mut g) = setup("\"web-1:5432\", \"db-2:5432\", \"10.0.0.9:5432\"");
+        let extra = format!(
+            "[[target]]\nname = \"db-2\"\naddress = \"10.0.0.9:22\"\nlogin = \"qa\"\nhost_key = \"{KEY}\"\n"
+        );
+        p.add_file(std::path::Path::new("t2.toml"), &extra)
+            .expect("policy");
+        g.grant.targets = vec!["web-1".into()];
+        assert!(check(&p, &g, "web-1", 5432).is_ok());
+        assert!(check(&p, &g, "db-2", 5432)
+            .unwrap_err()
+            .contains("not in your grant"));
+        assert!(check(&p, &g, "10.0.0.9", 5432)
+            .unwrap_err()
+            .contains("not in your grant"));
+        g.grant.targets = vec![];
+        assert!(check(&p, &g, "db-2", 5432).is_ok());
     }
 
     #[test]

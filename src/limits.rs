@@ -31,6 +31,23 @@ impl Default for Limits {
     }
 }
 
+/// Sources tracked before idle ones are swept.
+const MAX_TRACKED_SOURCES: usize = 4096;
+
+/// The unit a source limit applies to: an IPv4 address, or an IPv6 /64
+/// (one host usually holds a whole /64, so single addresses are free).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 #[derive(Default)]
 struct Source {
     unauthenticated: usize,
@@ -75,9 +92,18 @@ impl Gatekeeper {
 
     /// Admit a new connection from `ip` as unauthenticated, or refuse it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<PreAuth, Refused> {
+        let ip = source_of(ip);
         let mut st = self.lock();
         let now = Instant::now();
         let window = self.limits.failure_window;
+        if st.sources.len() > MAX_TRACKED_SOURCES {
+            // Forget sources with nothing open and no failures in the window.
+            st.sources.retain(|_, s| {
+                s.unauthenticated > 0
+                    || s.window_start
+                        .is_some_and(|t| now.duration_since(t) <= window)
+            });
+        }
         let src = st.sources.entry(ip).or_default();
         if src
             .window_start
@@ -110,6 +136,7 @@ impl Gatekeeper {
     /// Count a failed login from `ip`; returns true when this failure
     /// used up the source's budget.
     pub fn failed(&self, ip: IpAddr) -> bool {
+        let ip = source_of(ip);
         let mut st = self.lock();
         let src = st.sources.entry(ip).or_default();
         let now = Instant::now();
@@ -125,6 +152,7 @@ impl Gatekeeper {
     }
 
     fn release(&self, ip: IpAddr) {
+        let ip = source_of(ip);
         let mut st = self.lock();
         st.unauthenticated = st.unauthenticated.saturating_sub(1);
         let forget = match st.sources.get_mut(&ip) {
@@ -197,6 +225,21 @@ mod tests {
         a1.authenticated();
         assert_eq!(gk.unauthenticated(), 2);
         assert!(gk.admit(ip("127.0.0.3")).is_ok());
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let gk = Gatekeeper::new(Limits {
+            max_startups_per_source: 2,
+            ..Limits::default()
+        });
+        let _a = gk.admit(ip("2001:db8::1")).expect("first");
+        let _b = gk.admit(ip("2001:db8::2")).expect("second");
+        assert_eq!(
+            gk.admit(ip("2001:db8::3")).err(),
+            Some(Refused::TooManyFromSource)
+        );
+        assert!(gk.admit(ip("2001:db8:0:1::1")).is_ok(), "another /64");
     }
 
     #[test]

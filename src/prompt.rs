@@ -24,6 +24,8 @@ use crate::upstream::{self, Upstream};
 const HISTORY: usize = 200;
 /// Longest line the editor accepts.
 const MAX_LINE: usize = 4096;
+/// Longest incomplete escape or UTF-8 sequence carried between packets.
+const MAX_PENDING: usize = 64;
 
 /// Editor state for one prompt session.
 struct Editor {
@@ -72,6 +74,10 @@ impl Editor {
     /// Decode input bytes into keys; incomplete sequences wait for more.
     fn keys(&mut self, data: &[u8]) -> Vec<Key> {
         self.pending.extend_from_slice(data);
+        // No key sequence is longer than this: a runaway one is dropped.
+        if self.pending.len() > MAX_PENDING + data.len() {
+            self.pending = data.to_vec();
+        }
         let mut keys = Vec::new();
         let buf = std::mem::take(&mut self.pending);
         let mut i = 0;
@@ -512,12 +518,20 @@ async fn run_line(
             },
             m = r.wait() => match m {
                 // Ctrl-C stops the running command; other keys wait.
+                // Both are recorded as they arrive.
                 Some(ChannelMsg::Data { data }) if data.contains(&0x03) => {
+                    if let Some(rec) = &log.recorder {
+                        rec.input(&data).await;
+                    }
                     let _ = uch.close().await;
                     let _ = term.write(Bytes::from_static(b"^C\r\n")).await;
                     return 130;
                 }
                 Some(ChannelMsg::Data { data }) => {
+                    log.counters.touch();
+                    if let Some(rec) = &log.recorder {
+                        rec.input(&data).await;
+                    }
                     if typeahead.len() < MAX_LINE * 4 {
                         typeahead.extend_from_slice(&data);
                     }

@@ -402,7 +402,7 @@ impl server::Handler for Connection {
                     self.app.clone(),
                     login.clone(),
                     channel,
-                    dest,
+                    (host_to_connect.to_string(), port_to_connect, dest),
                     self.peer.map(|p| p.to_string()),
                 ));
             }

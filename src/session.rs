@@ -46,14 +46,29 @@ enum Start {
     Exec(Vec<u8>),
 }
 
+/// How long a session channel may wait before asking for exec or shell.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Longest command line accepted from a client.
 const MAX_COMMAND: usize = 64 * 1024;
 
 pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
     let id = ch.id();
     let mut pty: Option<PtyRequest> = None;
+    // A channel must say what it wants (exec/shell) promptly; one held open
+    // unused must not wait out a revocation.
+    let deadline = tokio::time::sleep(REQUEST_DEADLINE);
+    tokio::pin!(deadline);
     let start = loop {
-        let Some(msg) = ch.wait().await else { return };
+        let msg = tokio::select! {
+            m = ch.wait() => m,
+            _ = &mut deadline => {
+                tracing::info!("channel closed: no exec or shell request in time");
+                let _ = ch.close().await;
+                return;
+            }
+        };
+        let Some(msg) = msg else { return };
         match msg {
             ChannelMsg::RequestPty {
                 term,
@@ -259,8 +274,24 @@ async fn grant_channel(
     pty: Option<PtyRequest>,
 ) {
     let policy = ctx.app.policy();
-    let grant = &login.grant;
     let is_pty = pty.is_some();
+    // The grant as it is now, not as it was at login.
+    let fresh: Option<crate::access::Grant> = ctx
+        .app
+        .store
+        .get(crate::store::GRANTS, &login.grant.id)
+        .ok()
+        .flatten();
+    let grant = match fresh {
+        Some(g) if g.live_at(now_secs()) => g,
+        other => {
+            let state = other.map_or("gone".to_string(), |g| g.state(now_secs()).to_string());
+            let (_, w) = ch.split();
+            let msg = format!("postern: grant {} is {state}\n", login.grant.id);
+            return finish(&w, "", &msg, 1, is_pty).await;
+        }
+    };
+    let grant = &grant;
     let Some(role) = policy.roles.get(&grant.role) else {
         let (_, w) = ch.split();
         let msg = format!("postern: role {:?} is no longer in policy\n", grant.role);

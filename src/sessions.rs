@@ -54,6 +54,11 @@ pub struct SessionRecord {
     pub commands: Vec<GateCommand>,
 }
 
+/// Gate commands kept in one session record.
+const MAX_COMMANDS: usize = 1000;
+/// Characters of a command line kept in the record.
+const MAX_COMMAND_CHARS: usize = 1024;
+
 /// A live session as others can reach it.
 pub struct Live {
     pub user: String,
@@ -252,14 +257,18 @@ impl SessionLog {
         } else {
             tracing::info!(session = %self.rec.id, command = %shown, why = %detail, "gate refused");
         }
-        self.rec.commands.push(GateCommand {
-            at: now_secs(),
-            line: line.to_string(),
-            allowed,
-            detail: detail.clone(),
-        });
-        if let Err(e) = save(&self.app.store, &self.rec, true) {
-            tracing::error!("session record: {e}");
+        // The record keeps the first MAX_COMMANDS; every verdict is still
+        // audited and marked in the recording.
+        if self.rec.commands.len() < MAX_COMMANDS {
+            self.rec.commands.push(GateCommand {
+                at: now_secs(),
+                line: line.chars().take(MAX_COMMAND_CHARS).collect(),
+                allowed,
+                detail: detail.clone(),
+            });
+            if let Err(e) = save(&self.app.store, &self.rec, true) {
+                tracing::error!("session record: {e}");
+            }
         }
         self.app.audit.note(
             if allowed { "gate.allowed" } else { "gate.refused" },

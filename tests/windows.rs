@@ -87,6 +87,14 @@ fn revoke_cuts_a_live_session_within_a_second() {
         text(&q.stdout),
         text(&q.stderr)
     );
+    // Over ssh an admin cannot choose where the bastion writes.
+    let out = b.access("dave", &["krl", "--out", "/tmp/elsewhere.krl"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--out is for postern ctl"),
+        "{}",
+        text(&out.stderr)
+    );
     // A live grant's certificate is not in it.
     let (_id2, cert2) = b.granted("eve", "qa-shell", "1h", &["bob"]);
     let q = Command::new("ssh-keygen")
@@ -184,10 +192,25 @@ fn a_future_window_cannot_log_in_before_its_start() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let v = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json");
+    let id = v["id"].as_str().expect("id").to_string();
+    assert!(
+        v["start"].as_u64().is_some(),
+        "approvers see the planned start: {v}"
+    );
+    let listing = b.access("bob", &["requests", "--pending"]);
+    assert!(
+        text(&listing.stdout).contains("starts="),
+        "{}",
+        text(&listing.stdout)
+    );
+    let out = b.access(
+        "alice",
+        &[
+            "request", "qa-shell", "--for", "30m", "--reason", "x", "--start", "+400d",
+        ],
+    );
+    assert!(!out.status.success(), "too far ahead");
     let out = b.access("bob", &["approve", &id]);
     assert!(out.status.success());
     let cert = b.save_cert("alice", &id);
