@@ -151,25 +151,11 @@ pub async fn proxy(
         while let Some(msg) = ur.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
-                    let data = to_crlf(data, crlf);
-                    counters
-                        .bytes_out
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    counters.touch();
-                    if let Some(r) = &rec_out {
-                        r.output(&data).await;
-                    }
+                    let data = seen_output(data, crlf, &counters, rec_out.as_ref()).await;
                     cw.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    let data = to_crlf(data, crlf);
-                    counters
-                        .bytes_out
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    counters.touch();
-                    if let Some(r) = &rec_out {
-                        r.output(&data).await;
-                    }
+                    let data = seen_output(data, crlf, &counters, rec_out.as_ref()).await;
                     cw.extended_data_bytes(ext, data).await
                 }
                 ChannelMsg::Eof => cw.eof().await,
@@ -241,6 +227,24 @@ pub async fn proxy(
     let _ = ctx.handle.close(id).await;
     up.close().await;
     ended
+}
+
+/// Output on its way to the client: line endings fixed, counted, recorded.
+async fn seen_output(
+    data: Bytes,
+    crlf: bool,
+    counters: &crate::sessions::Counters,
+    rec: Option<&Recorder>,
+) -> Bytes {
+    let data = to_crlf(data, crlf);
+    counters
+        .bytes_out
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    counters.touch();
+    if let Some(r) = rec {
+        r.output(&data).await;
+    }
+    data
 }
 
 /// The target could not be reached: tell the user (and the recording).
