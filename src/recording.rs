@@ -232,6 +232,7 @@ async fn write_all(
     pending.push(header);
     let mut header_done = false;
     let mut last_sync = Instant::now();
+    let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     loop {
         // Take everything queued, write it as one batch, flush, publish.
         let mut batch = Vec::new();
@@ -289,19 +290,27 @@ async fn write_all(
             }
             // Flush every batch to the OS (survives kill -9); sync to the
             // disk at most once a second (survives power loss, costs less).
-            let sync = last_sync.elapsed() >= std::time::Duration::from_secs(1);
+            // The sync runs beside the writes (an fdatasync can take a
+            // few hundred ms on a busy disk), one at a time.
             let began = Instant::now();
             let res = async {
                 w.write_all(chunk.as_bytes()).await?;
-                w.flush().await?;
-                if sync {
-                    w.get_ref().sync_data().await?;
-                }
-                Ok::<(), std::io::Error>(())
+                w.flush().await
             }
             .await;
             crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
-            if sync {
+            let sync_done = syncing.as_ref().is_none_or(|h| h.is_finished());
+            if res.is_ok() && sync_done && last_sync.elapsed() >= std::time::Duration::from_secs(1)
+            {
+                if let Some(h) = syncing.take() {
+                    if let Ok(Err(e)) = h.await {
+                        error.get_or_insert(e.to_string());
+                        failed.store(true, Ordering::SeqCst);
+                    }
+                }
+                if let Ok(f) = w.get_ref().try_clone().await {
+                    syncing = Some(tokio::spawn(async move { f.sync_data().await }));
+                }
                 last_sync = Instant::now();
             }
             match res {
@@ -328,6 +337,9 @@ async fn write_all(
             }
         }
         pending.clear();
+    }
+    if let Some(h) = syncing.take() {
+        let _ = h.await;
     }
     if error.is_none() {
         if let Err(e) = async {
