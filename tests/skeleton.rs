@@ -363,15 +363,28 @@ fn metrics_count_logins_sessions_and_gate_verdicts() {
 fn unattended_requests_expire() {
     let mut b = Bastion::start();
     let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
-    std::fs::write(b.dir.join("postern.toml"), format!("{cfg}request_ttl = \"1s\"\n")).expect("cfg");
+    std::fs::write(
+        b.dir.join("postern.toml"),
+        format!("{cfg}request_ttl = \"1s\"\n"),
+    )
+    .expect("cfg");
     b.stop();
     b.serve();
-    let out = b.access("alice", &["request", "qa-shell", "--for", "10m", "--reason", "x", "--json"]);
+    let out = b.access(
+        "alice",
+        &[
+            "request", "qa-shell", "--for", "10m", "--reason", "x", "--json",
+        ],
+    );
     let id = json(&out)["id"].as_str().expect("id").to_string();
     std::thread::sleep(Duration::from_millis(2100));
     let out = b.access("bob", &["approve", &id]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("expired"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("expired"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = b.ctl(&["audit", "--json"]);
     assert!(text(&out.stdout).contains("request.expired"));
 }
