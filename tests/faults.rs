@@ -65,3 +65,53 @@ fn target_down_slow_or_unresolvable_fails_clearly() {
         assert_eq!(s["exit_status"], 255);
     }
 }
+
+#[test]
+fn kill_9_loses_nothing_that_was_acknowledged() {
+    let mut b = Bastion::start();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let reason = format!("durability {i}");
+        let out = b.access(
+            "alice",
+            &[
+                "request", "qa-shell", "--for", "10m", "--reason", &reason, "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let id = v["id"].as_str().expect("id").to_string();
+        if i % 2 == 0 {
+            assert!(b.access("bob", &["approve", &id]).status.success());
+        }
+        ids.push((id, i % 2 == 0));
+    }
+    // The last answer is in hand: crash now.
+    b.kill9();
+    b.serve();
+    let out = b.ctl(&["requests", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    for (id, approved) in &ids {
+        let r = list
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} lost"));
+        assert_eq!(
+            r["state"],
+            if *approved { "approved" } else { "pending" },
+            "{r}"
+        );
+    }
+    let grants: serde_json::Value =
+        serde_json::from_slice(&b.ctl(&["grants", "--json"]).stdout).expect("json");
+    assert_eq!(grants.as_array().expect("array").len(), 10);
+    let out = b.ctl(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> =
+        serde_json::from_slice(&b.ctl(&["audit", "--json"]).stdout).expect("json");
+    let created = events
+        .iter()
+        .filter(|e| e["kind"] == "request.created")
+        .count();
+    assert_eq!(created, 20);
+}
