@@ -195,7 +195,6 @@ pub async fn run(
     log: &mut SessionLog,
 ) -> Ending {
     let id = ch.id();
-    let (mut r, w) = ch.split();
     let up = match upstream::connect(
         target,
         ctx.app.target_key.clone(),
@@ -204,15 +203,9 @@ pub async fn run(
     .await
     {
         Ok(u) => u,
-        Err(e) => {
-            let msg = format!("postern: {e}\n");
-            if let Some(r) = &log.recorder {
-                r.output(&Bytes::from(msg.replace('\n', "\r\n"))).await;
-            }
-            crate::session::finish(&w, "", &msg, 255, true).await;
-            return (format!("target failed: {e}"), Some(255));
-        }
+        Err(e) => return crate::relay::fail(ch, log, true, e.to_string()).await,
     };
+    let (mut r, w) = ch.split();
     let term = Term {
         w: &w,
         rec: log.recorder.clone(),

@@ -248,7 +248,7 @@ async fn seen_output(
 }
 
 /// The target could not be reached: tell the user (and the recording).
-async fn fail(ch: Channel<Msg>, log: &SessionLog, is_pty: bool, e: String) -> Ending {
+pub async fn fail(ch: Channel<Msg>, log: &SessionLog, is_pty: bool, e: String) -> Ending {
     tracing::info!(session = %log.rec.id, "upstream failed: {e}");
     if let Some(r) = &log.recorder {
         r.output(&Bytes::from(format!("postern: {e}\r\n"))).await;

@@ -73,14 +73,7 @@ fn a_flood_from_one_source_does_not_keep_an_honest_user_out() {
 #[test]
 fn an_idle_connection_is_cut_after_the_grace_time() {
     let mut b = Bastion::start();
-    let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
-    std::fs::write(
-        b.dir.join("postern.toml"),
-        format!("{cfg}\nlogin_grace_time = \"1s\"\n"),
-    )
-    .expect("cfg");
-    b.stop();
-    b.serve();
+    b.reconfigure("login_grace_time = \"1s\"");
     let mut s = TcpStream::connect(("127.0.0.1", b.port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -105,14 +98,7 @@ fn an_idle_connection_is_cut_after_the_grace_time() {
 #[test]
 fn repeated_failures_are_reported_and_refused() {
     let mut b = Bastion::start();
-    let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
-    std::fs::write(
-        b.dir.join("postern.toml"),
-        format!("{cfg}\nmax_auth_failures_per_source = 3\n"),
-    )
-    .expect("cfg");
-    b.stop();
-    b.serve();
+    b.reconfigure("max_auth_failures_per_source = 3");
     let stranger = b.dir.join("keys/stranger");
     keygen(&stranger, "stranger");
     let mut u = b.user("alice").clone();

@@ -27,14 +27,7 @@ fn target_down_slow_or_unresolvable_fails_clearly() {
          [[target]]\nname = \"nodns\"\naddress = \"no-such-host.invalid:22\"\nlogin = \"{me}\"\nhost_key = \"{key}\"\nlabels = {{ env = \"prod\" }}\n"
     );
     let mut b = Bastion::start_with(&extra);
-    let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
-    std::fs::write(
-        b.dir.join("postern.toml"),
-        format!("{cfg}connect_timeout = \"2s\"\n"),
-    )
-    .expect("cfg");
-    b.stop();
-    b.serve();
+    b.reconfigure("connect_timeout = \"2s\"");
     let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
     for (target, want) in [
         ("down", "cannot reach target down"),

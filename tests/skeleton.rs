@@ -362,14 +362,7 @@ fn metrics_count_logins_sessions_and_gate_verdicts() {
 #[test]
 fn unattended_requests_expire() {
     let mut b = Bastion::start();
-    let cfg = std::fs::read_to_string(b.dir.join("postern.toml")).expect("cfg");
-    std::fs::write(
-        b.dir.join("postern.toml"),
-        format!("{cfg}request_ttl = \"1s\"\n"),
-    )
-    .expect("cfg");
-    b.stop();
-    b.serve();
+    b.reconfigure("request_ttl = \"1s\"");
     let out = b.access(
         "alice",
         &[

@@ -244,6 +244,15 @@ impl Bastion {
         self.proc = None;
     }
 
+    /// Append `lines` to postern.toml and restart the server with it.
+    pub fn reconfigure(&mut self, lines: &str) {
+        let path = self.dir.join("postern.toml");
+        let cfg = std::fs::read_to_string(&path).expect("config");
+        std::fs::write(&path, format!("{cfg}\n{lines}\n")).expect("config");
+        self.stop();
+        self.serve();
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.proc
