@@ -36,9 +36,10 @@ impl Reply {
     }
 }
 
+// A parsed command line (see `parse`). Not a doc comment: clap would show it in --help.
 #[derive(Parser, Debug)]
 #[command(name = "access", no_binary_name = true, disable_version_flag = true)]
-struct Cli {
+pub struct Cli {
     /// Print one JSON value instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -167,30 +168,36 @@ enum AuditAction {
     Verify,
 }
 
+/// Parse one command line (already split into words, no program name).
+/// `Err` is the reply to send as it is: help on stdout, or a usage error.
+pub fn parse(args: &[String]) -> Result<Cli, Reply> {
+    Cli::try_parse_from(args).map_err(|e| {
+        let text = e.render().to_string();
+        match e.kind() {
+            clap::error::ErrorKind::DisplayHelp
+            | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Reply {
+                stdout: text,
+                status: if e.kind() == clap::error::ErrorKind::DisplayHelp {
+                    0
+                } else {
+                    2
+                },
+                ..Reply::default()
+            },
+            _ => Reply {
+                stderr: text,
+                status: 2,
+                ..Reply::default()
+            },
+        }
+    })
+}
+
 /// Run one command line (already split into words) for `caller`.
 pub fn run(app: &App, caller: &Caller, args: &[String]) -> Reply {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match parse(args) {
         Ok(c) => c,
-        Err(e) => {
-            let text = e.render().to_string();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp
-                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Reply {
-                    stdout: text,
-                    status: if e.kind() == clap::error::ErrorKind::DisplayHelp {
-                        0
-                    } else {
-                        2
-                    },
-                    ..Reply::default()
-                },
-                _ => Reply {
-                    stderr: text,
-                    status: 2,
-                    ..Reply::default()
-                },
-            };
-        }
+        Err(reply) => return reply,
     };
     let json = cli.json;
     let mut stream = None;

@@ -384,17 +384,20 @@ pub struct Event {
 /// mid-write) is dropped; any other bad line is an error naming it.
 pub fn read(path: &Path) -> Result<(serde_json::Value, Vec<Event>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_text(&text, &path.display().to_string())
+}
+
+/// Parse the text of an asciicast v2 recording; `name` (the file's path)
+/// starts every error, followed by the line that is wrong.
+pub fn parse_text(text: &str, name: &str) -> Result<(serde_json::Value, Vec<Event>), String> {
     let mut lines = text.split('\n').enumerate().peekable();
     let header = match lines.next() {
         Some((_, h)) => serde_json::from_str::<serde_json::Value>(h)
-            .map_err(|e| format!("{}: line 1: bad header: {e}", path.display()))?,
-        None => return Err(format!("{}: empty recording", path.display())),
+            .map_err(|e| format!("{name}: line 1: bad header: {e}"))?,
+        None => return Err(format!("{name}: empty recording")),
     };
     if header.get("version").and_then(|v| v.as_u64()) != Some(2) {
-        return Err(format!(
-            "{}: line 1: not an asciicast v2 header",
-            path.display()
-        ));
+        return Err(format!("{name}: line 1: not an asciicast v2 header"));
     }
     let mut events = Vec::new();
     while let Some((i, line)) = lines.next() {
@@ -406,15 +409,9 @@ pub fn read(path: &Path) -> Result<(serde_json::Value, Vec<Event>), String> {
             Ok((time, kind, data)) if time.is_finite() && time >= 0.0 => {
                 events.push(Event { time, kind, data })
             }
-            Ok(_) => {
-                return Err(format!(
-                    "{}: line {}: bad event time",
-                    path.display(),
-                    i + 1
-                ))
-            }
+            Ok(_) => return Err(format!("{name}: line {}: bad event time", i + 1)),
             Err(_) if last && !text.ends_with('\n') => break,
-            Err(e) => return Err(format!("{}: line {}: {e}", path.display(), i + 1)),
+            Err(e) => return Err(format!("{name}: line {}: {e}", i + 1)),
         }
     }
     Ok((header, events))
