@@ -144,6 +144,12 @@ fn serve(config: PathBuf) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        if postern::recording::UNRECORDED {
+            tracing::warn!("built with bench-recording-off: session bytes are NOT recorded");
+            eprintln!(
+                "postern: WARNING: built with bench-recording-off: session bytes are NOT recorded"
+            );
+        }
         tracing::info!(%addr, "postern listening");
         println!("postern listening on {addr}");
         tokio::spawn(postern::socket::serve(app.clone(), socket));

@@ -10,11 +10,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use asciicast::{Entry, EventType, Header};
+use asciicast::Header;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
+
+/// Built with the `bench-recording-off` feature, for the benchmark's B3
+/// only: session bytes are not recorded (the file holds the header and
+/// markers). Never set in a normal build; `postern serve` warns loudly.
+pub const UNRECORDED: bool = cfg!(feature = "bench-recording-off");
 
 /// Queue depth between a session and its writer.
 const QUEUE: usize = 256;
@@ -117,7 +122,13 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (live, _) = broadcast::channel(FANOUT);
         let failed = Arc::new(AtomicBool::new(false));
-        let writer = tokio::spawn(write_all(file, header, rx, live.clone(), failed.clone()));
+        let writer = tokio::spawn(tracing::Instrument::in_current_span(write_all(
+            file,
+            header,
+            rx,
+            live.clone(),
+            failed.clone(),
+        )));
         Ok((
             Recorder {
                 tx,
@@ -135,10 +146,16 @@ impl Recorder {
     }
 
     pub async fn output(&self, data: &Bytes) {
+        if UNRECORDED {
+            return;
+        }
         let _ = self.tx.send(Rec::Out(self.now(), data.clone())).await;
     }
 
     pub async fn input(&self, data: &Bytes) {
+        if UNRECORDED {
+            return;
+        }
         let _ = self.tx.send(Rec::In(self.now(), data.clone())).await;
     }
 
@@ -148,6 +165,9 @@ impl Recorder {
 
     /// Raw forwarded bytes; `to_dest` is the client → destination side.
     pub async fn bytes(&self, to_dest: bool, data: &[u8]) {
+        if UNRECORDED {
+            return;
+        }
         let _ = self
             .tx
             .send(Rec::Bytes(
@@ -178,6 +198,18 @@ pub struct Utf8Stream {
 }
 
 impl Utf8Stream {
+    /// As [`Utf8Stream::push`], without a copy when `data` is whole UTF-8
+    /// (the common case).
+    pub fn push_cow<'a>(&mut self, data: &'a [u8]) -> std::borrow::Cow<'a, str> {
+        if self.carry.is_empty() {
+            if let Ok(s) = std::str::from_utf8(data) {
+                self.replaced = false;
+                return std::borrow::Cow::Borrowed(s);
+            }
+        }
+        std::borrow::Cow::Owned(self.push(data))
+    }
+
     pub fn push(&mut self, data: &[u8]) -> String {
         self.replaced = false;
         let mut buf = std::mem::take(&mut self.carry);
@@ -213,89 +245,51 @@ impl Utf8Stream {
 }
 
 async fn write_all(
-    file: tokio::fs::File,
+    mut file: tokio::fs::File,
     header: String,
     mut rx: mpsc::Receiver<Rec>,
     live: broadcast::Sender<Line>,
     failed: Arc<AtomicBool>,
 ) -> Summary {
-    // Small: batches are flushed as they are written, and every idle
-    // session keeps one of these.
-    let mut w = tokio::io::BufWriter::with_capacity(8 * 1024, file);
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let mut seq = 0u64;
     let mut out_dec = Utf8Stream::default();
     let mut in_dec = Utf8Stream::default();
     let mut error: Option<String> = None;
-    let mut pending: Vec<String> = Vec::new();
-    pending.push(header);
-    let mut header_done = false;
+    // One batch of lines, encoded straight into the bytes that are written
+    // (no per-line String), and where each event line starts.
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut starts: Vec<usize> = Vec::new();
+    chunk.extend_from_slice(header.as_bytes());
+    chunk.push(b'\n');
+    drop(header);
+    let mut batch = Vec::new();
     let mut last_sync = Instant::now();
     let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     loop {
         // Take everything queued, write it as one batch, flush, publish.
-        let mut batch = Vec::new();
-        if !pending.is_empty() || rx.recv_many(&mut batch, QUEUE).await > 0 {
-            while let Ok(r) = rx.try_recv() {
-                batch.push(r);
-                if batch.len() >= QUEUE {
-                    break;
-                }
-            }
-        } else {
+        if chunk.is_empty() && rx.recv_many(&mut batch, QUEUE).await == 0 {
             break;
         }
-        for rec in batch {
-            let line = match rec {
-                Rec::Out(t, d) => {
-                    let text = out_dec.push(&d);
-                    if out_dec.replaced {
-                        // Players get U+FFFD (asciicast is JSON text); the
-                        // exact bytes follow in an `x` event for tools.
-                        use base64::Engine;
-                        pending.push(entry(t, EventType::Output, text));
-                        let raw = base64::engine::general_purpose::STANDARD.encode(&d);
-                        Some(serde_json::json!([round(t), "x", raw]).to_string())
-                    } else {
-                        (!text.is_empty()).then(|| entry(t, EventType::Output, text))
-                    }
-                }
-                Rec::In(t, d) => {
-                    let text = in_dec.push(&d);
-                    (!text.is_empty()).then(|| entry(t, EventType::Input, text))
-                }
-                Rec::Resize(t, c, r) => {
-                    Some(serde_json::json!([round(t), "r", format!("{c}x{r}")]).to_string())
-                }
-                Rec::Marker(t, label) => {
-                    Some(serde_json::json!([round(t), "m", label]).to_string())
-                }
-                Rec::Bytes(t, to_dest, d) => {
-                    use base64::Engine;
-                    let side = if to_dest { "c" } else { "s" };
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(&d);
-                    Some(serde_json::json!([round(t), side, b64]).to_string())
-                }
-            };
-            if let Some(l) = line {
-                pending.push(l);
+        while batch.len() < QUEUE {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
-        if error.is_none() {
-            let mut chunk = String::new();
-            for l in &pending {
-                chunk.push_str(l);
-                chunk.push('\n');
-            }
+        for rec in batch.drain(..) {
+            encode(rec, &mut chunk, &mut starts, &mut out_dec, &mut in_dec);
+        }
+        if error.is_none() && !chunk.is_empty() {
             // Flush every batch to the OS (survives kill -9); sync to the
             // disk at most once a second (survives power loss, costs less).
             // The sync runs beside the writes (an fdatasync can take a
             // few hundred ms on a busy disk), one at a time.
             let began = Instant::now();
             let res = async {
-                w.write_all(chunk.as_bytes()).await?;
-                w.flush().await
+                file.write_all(&chunk).await?;
+                file.flush().await
             }
             .await;
             crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
@@ -308,26 +302,28 @@ async fn write_all(
                         failed.store(true, Ordering::SeqCst);
                     }
                 }
-                if let Ok(f) = w.get_ref().try_clone().await {
+                if let Ok(f) = file.try_clone().await {
                     syncing = Some(tokio::spawn(async move { f.sync_data().await }));
                 }
                 last_sync = Instant::now();
             }
             match res {
                 Ok(()) => {
-                    hash.update(chunk.as_bytes());
+                    hash.update(&chunk);
                     size += chunk.len() as u64;
-                    for l in pending.drain(..) {
-                        if !header_done {
-                            header_done = true;
-                            continue;
+                    // Checked after the write reached the file: a watcher
+                    // that subscribes later reads these lines from the file.
+                    if live.receiver_count() > 0 {
+                        for (i, &a) in starts.iter().enumerate() {
+                            let b = starts.get(i + 1).copied().unwrap_or(chunk.len());
+                            let text = String::from_utf8_lossy(&chunk[a..b - 1]);
+                            let _ = live.send(Line {
+                                seq: seq + i as u64,
+                                text: Arc::from(text.as_ref()),
+                            });
                         }
-                        let _ = live.send(Line {
-                            seq,
-                            text: Arc::from(l),
-                        });
-                        seq += 1;
                     }
+                    seq += starts.len() as u64;
                 }
                 Err(e) => {
                     tracing::error!("recording write failed: {e}");
@@ -336,15 +332,21 @@ async fn write_all(
                 }
             }
         }
-        pending.clear();
+        chunk.clear();
+        starts.clear();
+        // A session that goes idle after a burst keeps no large buffers.
+        if chunk.capacity() > 64 * 1024 {
+            chunk = Vec::new();
+            batch = Vec::new();
+        }
     }
     if let Some(h) = syncing.take() {
         let _ = h.await;
     }
     if error.is_none() {
         if let Err(e) = async {
-            w.flush().await?;
-            w.get_ref().sync_data().await
+            file.flush().await?;
+            file.sync_data().await
         }
         .await
         {
@@ -359,17 +361,48 @@ async fn write_all(
     }
 }
 
-fn round(t: f64) -> f64 {
-    (t * 1_000_000.0).round() / 1_000_000.0
+/// Append one event's line(s) to `chunk`, noting where each starts.
+fn encode(
+    rec: Rec,
+    chunk: &mut Vec<u8>,
+    starts: &mut Vec<usize>,
+    out_dec: &mut Utf8Stream,
+    in_dec: &mut Utf8Stream,
+) {
+    use base64::Engine;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let mut line = |t: f64, kind: &str, data: &str| {
+        starts.push(chunk.len());
+        // A tuple of f64 and strings always serialises.
+        let _ = serde_json::to_writer(&mut *chunk, &(round(t), kind, data));
+        chunk.push(b'\n');
+    };
+    match rec {
+        Rec::Out(t, d) => {
+            let text = out_dec.push_cow(&d);
+            if out_dec.replaced {
+                // Players get U+FFFD (asciicast is JSON text); the exact
+                // bytes follow in an `x` event for tools.
+                line(t, "o", &text);
+                line(t, "x", &b64(&d));
+            } else if !text.is_empty() {
+                line(t, "o", &text);
+            }
+        }
+        Rec::In(t, d) => {
+            let text = in_dec.push_cow(&d);
+            if !text.is_empty() {
+                line(t, "i", &text);
+            }
+        }
+        Rec::Resize(t, c, r) => line(t, "r", &format!("{c}x{r}")),
+        Rec::Marker(t, label) => line(t, "m", &label),
+        Rec::Bytes(t, to_dest, d) => line(t, if to_dest { "c" } else { "s" }, &b64(&d)),
+    }
 }
 
-fn entry(t: f64, kind: EventType, text: String) -> String {
-    let e = Entry {
-        time: round(t),
-        event_type: kind,
-        event_data: text,
-    };
-    serde_json::to_string(&e).unwrap_or_default()
+fn round(t: f64) -> f64 {
+    (t * 1_000_000.0).round() / 1_000_000.0
 }
 
 /// One parsed line of a recording, for replay and search.
