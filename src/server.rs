@@ -13,6 +13,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::limits::{Gatekeeper, PreAuth};
 
@@ -102,10 +103,14 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
         let app = app.clone();
         let config = config.clone();
         let gate = gate.clone();
+        // Every log line about this connection carries its peer and, once
+        // known, its user; channel spans below add session and target.
+        let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
+        let conn_span = span.clone();
         tokio::spawn(async move {
             let grace = app.config.limits.login_grace_time;
             let authed = Arc::new(AtomicBool::new(false));
-            let handler = Connection::new(app, Some(peer), preauth, gate, authed.clone());
+            let handler = Connection::new(app, Some(peer), preauth, gate, authed.clone(), conn_span);
             let running = match tokio::time::timeout(
                 grace,
                 server::run_stream(config, socket, handler),
@@ -138,7 +143,7 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
                         .await;
                 }
             }
-        });
+        }.instrument(span));
     }
 }
 
@@ -156,6 +161,9 @@ pub struct Connection {
     gate: Arc<Gatekeeper>,
     /// Tells the accept loop the grace timer no longer applies.
     authed: Arc<AtomicBool>,
+    /// This connection's span. russh calls the handler from its own task,
+    /// so events here name it as their parent explicitly.
+    span: tracing::Span,
 }
 
 impl Connection {
@@ -165,6 +173,7 @@ impl Connection {
         preauth: PreAuth,
         gate: Arc<Gatekeeper>,
         authed: Arc<AtomicBool>,
+        span: tracing::Span,
     ) -> Connection {
         Connection {
             app,
@@ -173,6 +182,7 @@ impl Connection {
             preauth: Some(preauth),
             gate,
             authed,
+            span,
         }
     }
 
@@ -181,6 +191,11 @@ impl Connection {
         crate::metrics::global()
             .logins_accepted
             .fetch_add(1, Ordering::Relaxed);
+        let user = match &identity {
+            Identity::Grant(g) => g.grant.user.clone(),
+            Identity::Access(c) => c.name.clone(),
+        };
+        self.span.record("user", user.as_str());
         self.identity = Some(identity);
         self.authed.store(true, Ordering::SeqCst);
         if let Some(p) = self.preauth.take() {
@@ -193,7 +208,7 @@ impl Connection {
         crate::metrics::global().refused(why);
         if let Some(ip) = self.peer.map(|p| p.ip()) {
             if self.gate.failed(ip) {
-                tracing::warn!(%ip, "source used up its failed-login budget; refusing it for a while");
+                tracing::warn!(parent: &self.span, %ip, "source used up its failed-login budget; refusing it for a while");
                 self.app.audit.note(
                     "source.blocked",
                     "-",
@@ -201,7 +216,7 @@ impl Connection {
                 );
             }
         }
-        tracing::info!(peer = ?self.peer, user, why, "login refused");
+        tracing::info!(parent: &self.span, peer = ?self.peer, user, why, "login refused");
         self.app.audit.note(
             "login.refused",
             "-",
@@ -281,7 +296,7 @@ impl server::Handler for Connection {
         let Some(u) = policy.user_by_key(key.public_key) else {
             return Ok(self.refuse(user, "key is not enrolled"));
         };
-        tracing::info!(peer = ?self.peer, user = %u.name, "control-plane login");
+        tracing::info!(parent: &self.span, peer = ?self.peer, user = %u.name, "control-plane login");
         self.app.audit.note(
             "login.accepted",
             &u.name,
@@ -319,7 +334,7 @@ impl server::Handler for Connection {
         if !grant.logins.iter().any(|l| l == user) {
             return Ok(self.refuse(user, "login is not one of the grant's logins"));
         }
-        tracing::info!(peer = ?self.peer, user = %grant.user, login = user, grant = %grant.id, "certificate login");
+        tracing::info!(parent: &self.span, peer = ?self.peer, user = %grant.user, login = user, grant = %grant.id, "certificate login");
         self.app.audit.note(
             "login.accepted",
             &grant.user,
@@ -348,7 +363,7 @@ impl server::Handler for Connection {
             return Ok(());
         };
         if !self.still_live() {
-            tracing::info!(peer = ?self.peer, "channel refused: the grant is no longer live");
+            tracing::info!(parent: &self.span, peer = ?self.peer, "channel refused: the grant is no longer live");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -361,7 +376,8 @@ impl server::Handler for Connection {
             peer: self.peer,
             handle: session.handle(),
         };
-        tokio::spawn(crate::session::serve(channel, ctx));
+        let span = tracing::info_span!(parent: &self.span, "session", channel = %channel.id(), session = tracing::field::Empty, target = tracing::field::Empty);
+        tokio::spawn(crate::session::serve(channel, ctx).instrument(span));
         Ok(())
     }
 
@@ -376,7 +392,7 @@ impl server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if !self.still_live() {
-            tracing::info!(peer = ?self.peer, "forward refused: the grant is no longer live");
+            tracing::info!(parent: &self.span, peer = ?self.peer, "forward refused: the grant is no longer live");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -391,23 +407,27 @@ impl server::Handler for Connection {
         let policy = self.app.policy();
         match crate::forward::check(&policy, login, host_to_connect, port_to_connect) {
             Ok(dest) => {
-                tracing::info!(grant = %login.grant.id, %dest, "forward opened");
+                tracing::info!(parent: &self.span, grant = %login.grant.id, %dest, "forward opened");
                 self.app.audit.note(
                     "forward.opened",
                     &login.grant.user,
                     serde_json::json!({ "grant": login.grant.id, "host": host_to_connect, "port": port_to_connect, "dest": dest }),
                 );
                 reply.accept().await;
-                tokio::spawn(crate::forward::run(
-                    self.app.clone(),
-                    login.clone(),
-                    channel,
-                    (host_to_connect.to_string(), port_to_connect, dest),
-                    self.peer.map(|p| p.to_string()),
-                ));
+                let span = tracing::info_span!(parent: &self.span, "forward", %dest, session = tracing::field::Empty, target = tracing::field::Empty);
+                tokio::spawn(
+                    crate::forward::run(
+                        self.app.clone(),
+                        login.clone(),
+                        channel,
+                        (host_to_connect.to_string(), port_to_connect, dest),
+                        self.peer.map(|p| p.to_string()),
+                    )
+                    .instrument(span),
+                );
             }
             Err(why) => {
-                tracing::info!(grant = %login.grant.id, host = host_to_connect, port = port_to_connect, %why, "forward refused");
+                tracing::info!(parent: &self.span, grant = %login.grant.id, host = host_to_connect, port = port_to_connect, %why, "forward refused");
                 self.app.audit.note(
                     "forward.refused",
                     &login.grant.user,
@@ -454,7 +474,7 @@ impl server::Handler for Connection {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::info!(address, port = *port, "remote forward (-R) refused");
+        tracing::info!(parent: &self.span, address, port = *port, "remote forward (-R) refused");
         Ok(false)
     }
 
@@ -463,7 +483,7 @@ impl server::Handler for Connection {
         socket_path: &str,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::info!(socket_path, "remote streamlocal forward refused");
+        tracing::info!(parent: &self.span, socket_path, "remote streamlocal forward refused");
         Ok(false)
     }
 
@@ -472,7 +492,7 @@ impl server::Handler for Connection {
         _channel: ChannelId,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        tracing::info!("agent forwarding refused");
+        tracing::info!(parent: &self.span, "agent forwarding refused");
         Ok(false)
     }
 }

@@ -152,6 +152,10 @@ impl SessionLog {
         recording: Recording,
     ) -> Result<SessionLog, String> {
         let id = app.store.new_id(SESSIONS, "s").map_err(|e| e.to_string())?;
+        // The session/forward span the caller runs in (see server.rs).
+        tracing::Span::current()
+            .record("session", id.as_str())
+            .record("target", target);
         let mut rec = SessionRecord {
             id: id.clone(),
             kind: kind.to_string(),

@@ -261,3 +261,33 @@ fn forwards_are_session_records_and_full_ones_keep_the_bytes() {
         "{events:?}"
     );
 }
+
+#[test]
+fn logs_name_connection_user_session_and_target_but_never_session_bytes() {
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &["web-1", "echo $((6*7))-marker-$((3*3))"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42-marker-9\n");
+    let line = eventually(Duration::from_secs(5), "a session log line", || {
+        b.log_text()
+            .lines()
+            .find(|l| l.contains("session started"))
+            .map(String::from)
+    });
+    // The connection span (peer, user) and the channel span (session,
+    // target) frame the event, as `conn{…}:session{…}`.
+    let conn = line.find("conn{peer=127.0.0.1:").expect(&line);
+    let session = line.find("}:session{").expect(&line);
+    assert!(conn < session, "{line}");
+    assert!(line[conn..session].contains("user=\"alice\""), "{line}");
+    assert!(line[session..].contains("target=\"web-1\""), "{line}");
+    assert!(line[session..].contains("session=\"s-"), "{line}");
+    // What the target printed never reaches the log.
+    assert!(!b.log_text().contains("42-marker-9"));
+}
