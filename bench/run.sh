@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # postern benchmark: B0 direct ssh, B1 OpenSSH jump host (ssh -J), B2 postern
-# recording to disk, B3 postern recording to /dev/shm; bulk output, bulk
-# input, connection setup, keystroke echo, idle-session memory. Loopback only.
+# recording to disk, B3 postern built with recording off; bulk output, bulk
+# input, port-forward, gate, connection setup, keystroke echo, idle-session
+# memory, slow consumer. Loopback only.
 #
 #   bench/run.sh                                   # build, run, print the table
 #   bench/run.sh --markdown bench/results/latest.md --json bench/results/latest.json
@@ -17,6 +18,10 @@ done
 
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   cargo build --release --manifest-path "$root/Cargo.toml" >&2
+  # B3: the same code without recording (a separate binary; a normal build
+  # cannot turn recording off).
+  cargo build --release --manifest-path "$root/Cargo.toml" \
+    --features bench-recording-off --target-dir "$root/target/bench-off" >&2
 fi
 
 pid=
@@ -33,7 +38,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # Hard cap on the whole run (run.py also keeps its own budget).
-timeout --signal=TERM --kill-after=20 "${BENCH_TIMEOUT:-600}" \
+timeout --signal=TERM --kill-after=20 "${BENCH_TIMEOUT:-1800}" \
   python3 -u "$root/bench/run.py" "$@" &
 pid=$!
 wait "$pid"
