@@ -12,7 +12,7 @@ use rand::RngCore;
 use russh::keys::ssh_key::certificate::{Builder, CertType};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
-use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKey};
 
 /// Critical options postern understands; any other refuses the certificate.
 pub const KNOWN_CRITICAL_OPTIONS: &[&str] = &["source-address", "force-command"];
@@ -81,12 +81,37 @@ pub fn write_key_if_absent(path: &Path, comment: &str) -> Result<bool, KeyError>
     Ok(true)
 }
 
-/// Read a private key file, naming the file on failure.
+/// Read a private key file, naming the file on failure. A certificate or
+/// a public key where a private key belongs gets said so plainly: a CA key
+/// that is itself a certificate is a configuration mistake, never a chain
+/// postern follows.
 pub fn read_key(path: &Path) -> Result<PrivateKey, KeyError> {
-    PrivateKey::read_openssh_file(path).map_err(|e| KeyError::File {
+    let fail = |message: String| KeyError::File {
         path: path.display().to_string(),
-        message: format!("not an OpenSSH private key: {e}"),
-    })
+        message,
+    };
+    let key = PrivateKey::read_openssh_file(path).map_err(|e| {
+        // Not a private key: say what it is instead, if it is a known thing.
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let text = text.trim();
+        fail(if Certificate::from_openssh(text).is_ok() {
+            "is an OpenSSH certificate, not a private key (name the key file, not its -cert.pub)"
+                .to_string()
+        } else if PublicKey::from_openssh(text).is_ok() {
+            "is a public key, not a private key".to_string()
+        } else {
+            format!("not an OpenSSH private key: {e}")
+        })
+    })?;
+    if key.public_key().key_data().is_certificate() {
+        return Err(fail(
+            "holds a certificate, not a plain private key".to_string(),
+        ));
+    }
+    if let Algorithm::Other(name) = key.algorithm() {
+        return Err(fail(format!("unsupported key type {}", name.as_str())));
+    }
+    Ok(key)
 }
 
 pub fn now_secs() -> u64 {
@@ -153,6 +178,10 @@ pub enum CertRefusal {
     BadSignature,
     #[error("names {0} principals (at most 256)")]
     TooManyPrincipals(usize),
+    #[error("principal {0:?} contains a NUL or control character")]
+    ControlCharInPrincipal(String),
+    #[error("signed by a certificate, not by a CA key")]
+    SignedByCertificate,
 }
 
 /// Decide whether `cert`, presented for `login` from `client`, is one this
@@ -164,6 +193,11 @@ pub fn check_certificate(
     client: Option<IpAddr>,
     now: u64,
 ) -> Result<(), CertRefusal> {
+    // OpenSSH refuses a certificate as a CA key outright; so does postern,
+    // whatever the key inside it, rather than count on it never matching.
+    if cert.signature_key().is_certificate() {
+        return Err(CertRefusal::SignedByCertificate);
+    }
     if cert.signature_key() != ca.key_data() {
         return Err(CertRefusal::WrongCa);
     }
@@ -185,6 +219,15 @@ pub fn check_certificate(
         return Err(CertRefusal::TooManyPrincipals(
             cert.valid_principals().len(),
         ));
+    }
+    // OpenSSH will not even load a certificate with a NUL in a principal
+    // (C strings would cut it short); refuse it rather than compare it.
+    if let Some(p) = cert
+        .valid_principals()
+        .iter()
+        .find(|p| p.chars().any(char::is_control))
+    {
+        return Err(CertRefusal::ControlCharInPrincipal(p.clone()));
     }
     if !cert.valid_principals().iter().any(|p| p == login) {
         return Err(CertRefusal::WrongPrincipal(login.to_string()));
@@ -246,8 +289,14 @@ fn mask_eq(a: u128, b: u128, bits: u32, width: u32) -> bool {
     (a >> shift) == (b >> shift)
 }
 
+/// The hand encoder the certificate tests share with `tests/certs.rs`.
+#[cfg(test)]
+#[path = "../tests/support/certkeys.rs"]
+mod certkeys;
+
 #[cfg(test)]
 mod tests {
+    use super::certkeys::RawCert;
     use super::*;
 
     #[test]
@@ -332,5 +381,151 @@ mod tests {
             check_certificate(&many, ca.public_key(), "p1", None, now),
             Err(CertRefusal::TooManyPrincipals(257))
         );
+    }
+
+    /// A live-looking user certificate for "qa" and the CA that signed it.
+    fn qa_cert() -> (PrivateKey, Certificate) {
+        let ca = generate_key("ca");
+        let user = generate_key("u");
+        let principals = vec!["qa".to_string()];
+        let now = now_secs();
+        let req = CertRequest {
+            key: user.public_key(),
+            serial: 7,
+            key_id: "alice/req".into(),
+            principals: &principals,
+            valid_after: now,
+            valid_before: now + 3600,
+            permit_port_forwarding: false,
+        };
+        let cert = issue(&ca, &req).expect("issue");
+        (ca, cert)
+    }
+
+    fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hand_encoded_certificate_is_the_issued_one() {
+        let (ca, cert) = qa_cert();
+        let blob = RawCert::from_cert(&cert, &ca).sign(&ca);
+        // Ed25519 signatures are deterministic: byte for byte the same.
+        assert_eq!(blob, cert.to_bytes().expect("encode"));
+        let again = Certificate::from_bytes(&blob).expect("parses");
+        assert_eq!(
+            check_certificate(&again, ca.public_key(), "qa", None, now_secs()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn duplicate_critical_options_do_not_parse() {
+        let (ca, cert) = qa_cert();
+        let local: IpAddr = "127.0.0.1".parse().expect("ip");
+        let raw = RawCert::from_cert(&cert, &ca);
+        // Control: each option once, as the duplicates below have them.
+        for once in [
+            opts(&[("source-address", "127.0.0.1/32")]),
+            opts(&[("force-command", "web-1 echo a")]),
+            opts(&[
+                ("force-command", "web-1 echo a"),
+                ("source-address", "127.0.0.1/32"),
+            ]),
+        ] {
+            let mut r = raw.clone();
+            r.critical_options = once.clone();
+            let c = Certificate::from_bytes(&r.sign(&ca)).expect("parses");
+            assert_eq!(
+                check_certificate(&c, ca.public_key(), "qa", Some(local), now_secs()),
+                Ok(()),
+                "{once:?}"
+            );
+        }
+        // Twice: ssh-key's decoder, which russh runs on the offered key
+        // before postern's handler is called, refuses the certificate, so
+        // the connection ends and check_certificate never sees it.
+        for twice in [
+            opts(&[
+                ("source-address", "127.0.0.1/32"),
+                ("source-address", "0.0.0.0/0"),
+            ]),
+            opts(&[
+                ("force-command", "web-1 echo a"),
+                ("force-command", "web-1 echo b"),
+            ]),
+        ] {
+            let mut r = raw.clone();
+            r.critical_options = twice.clone();
+            assert!(
+                Certificate::from_bytes(&r.sign(&ca)).is_err(),
+                "{twice:?} must not parse"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_in_a_principal_is_refused() {
+        let (ca, cert) = qa_cert();
+        let now = now_secs();
+        for principals in [vec!["qa\0root"], vec!["qa", "qa\0root"]] {
+            let mut r = RawCert::from_cert(&cert, &ca);
+            r.principals = principals.iter().map(|p| p.as_bytes().to_vec()).collect();
+            let c = Certificate::from_bytes(&r.sign(&ca)).expect("parses");
+            assert_eq!(
+                check_certificate(&c, ca.public_key(), "qa", None, now),
+                Err(CertRefusal::ControlCharInPrincipal("qa\0root".into())),
+                "{principals:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_certificate_as_the_signature_key_is_refused() {
+        let (ca, cert) = qa_cert();
+        let now = now_secs();
+        // The CA's own key, certified by the CA: inside it is the right key.
+        let mut b = Builder::new(
+            vec![1u8; 32],
+            ca.public_key().key_data().clone(),
+            now - 10,
+            now + 3600,
+        )
+        .expect("builder");
+        b.cert_type(CertType::User).expect("type");
+        b.key_id("ca-as-cert").expect("id");
+        b.valid_principal("qa").expect("principal");
+        let ca_cert = b.sign(&ca).expect("sign");
+        let mut r = RawCert::from_cert(&cert, &ca);
+        r.signature_key = ca_cert.to_bytes().expect("encode");
+        let c = Certificate::from_bytes(&r.sign(&ca)).expect("parses");
+        assert!(c.signature_key().is_certificate());
+        assert_eq!(
+            check_certificate(&c, ca.public_key(), "qa", None, now),
+            Err(CertRefusal::SignedByCertificate)
+        );
+        // russh's own signature check (before the handler) fails too.
+        assert!(c.verify_signature().is_err());
+    }
+
+    #[test]
+    fn read_key_says_what_a_wrong_file_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, cert) = qa_cert();
+        let cert_file = dir.path().join("user_ca-cert.pub");
+        std::fs::write(&cert_file, cert.to_openssh().expect("openssh")).expect("write");
+        let pub_file = dir.path().join("user_ca.pub");
+        std::fs::write(&pub_file, ca.public_key().to_openssh().expect("openssh")).expect("write");
+        for (file, want) in [
+            (&cert_file, "is an OpenSSH certificate, not a private key"),
+            (&pub_file, "is a public key, not a private key"),
+        ] {
+            let e = read_key(file).expect_err("not a private key").to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(e.starts_with(&file.display().to_string()), "{e}");
+        }
     }
 }

@@ -279,6 +279,18 @@ impl Bastion {
 
     /// The ssh command, with a key (and certificate, if `cert`) for `login`.
     pub fn ssh_cmd(&self, user: &User, cert: Option<&Path>, login: &str) -> Command {
+        self.ssh_cmd_logging(user, cert, login, "ERROR")
+    }
+
+    /// [`Bastion::ssh_cmd`] with ssh's `LogLevel` (`DEBUG1` shows which
+    /// keys and certificates the client loaded and offered).
+    pub fn ssh_cmd_logging(
+        &self,
+        user: &User,
+        cert: Option<&Path>,
+        login: &str,
+        level: &str,
+    ) -> Command {
         let mut c = Command::new("ssh");
         c.args(["-p", &self.port.to_string(), "-i"])
             .arg(&user.key)
@@ -292,14 +304,9 @@ impl Bastion {
             ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .args([
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-F",
-                "/dev/null",
-            ]);
+            .args(["-o", "ConnectTimeout=10", "-F", "/dev/null"])
+            .arg("-o")
+            .arg(format!("LogLevel={level}"));
         match cert {
             Some(p) => c.arg("-o").arg(format!("CertificateFile={}", p.display())),
             None => c.arg("-o").arg("CertificateFile=/dev/null"),
