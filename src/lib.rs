@@ -24,6 +24,7 @@
 //! - [`krl`]: OpenSSH KRL of revoked serials.
 //! - [`limits`]: pre-authentication limits (startups, grace time, failures).
 //! - [`metrics`]: Prometheus text metrics on a loopback listener.
+//! - [`notify`]: systemd readiness notifications (`sd_notify`).
 //! - [`gate`]: the read-only command gate.
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod gate;
 pub mod krl;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod prompt;
 pub mod recording;

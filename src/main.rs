@@ -163,28 +163,39 @@ fn serve(config: PathBuf) -> ExitCode {
                 Err(e) => tracing::warn!(%addr, "metrics listener not started: {e}"),
             }
         }
+        // Both signal handlers are in place before systemd hears READY=1: a
+        // SIGHUP that came earlier would otherwise end the process.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut hup, mut term) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(h), Ok(t)) => (h, t),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("postern: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let status = format!("listening on {addr}");
         let reload_app = app.clone();
+        let reload_status = status.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
             while hup.recv().await.is_some() {
-                match reload_app.reload_policy() {
-                    Ok(n) => tracing::info!(roles = n, "policy reloaded"),
-                    Err(e) => tracing::warn!("policy reload failed, keeping the old policy: {e}"),
-                }
+                postern::notify::reloading();
+                let outcome = match reload_app.reload_policy() {
+                    Ok(n) => {
+                        tracing::info!(roles = n, "policy reloaded");
+                        format!("policy reloaded ({n} roles)")
+                    }
+                    Err(e) => {
+                        tracing::warn!("policy reload failed, keeping the old policy: {e}");
+                        "policy reload failed, old policy kept (see the log)".to_string()
+                    }
+                };
+                postern::notify::ready(&format!("{reload_status}; {outcome}"));
             }
         });
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("postern: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        postern::notify::ready(&status);
         tokio::select! {
             r = postern::server::run(app.clone(), listener) => {
                 if let Err(e) = r {
@@ -195,6 +206,7 @@ fn serve(config: PathBuf) -> ExitCode {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
         }
+        postern::notify::stopping();
         let _ = std::fs::remove_file(&app.config.control_socket);
         ExitCode::SUCCESS
     })

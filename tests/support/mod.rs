@@ -222,6 +222,13 @@ impl Bastion {
 
     /// (Re)start the server process.
     pub fn serve(&mut self) {
+        self.spawn_serve(&[]);
+        wait_port(self.port, "postern to listen");
+    }
+
+    /// (Re)start the server process with `env` added to its environment,
+    /// without waiting for it to listen.
+    pub fn spawn_serve(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         self.proc = None;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -232,12 +239,18 @@ impl Bastion {
             .args(["serve", "--config"])
             .arg(self.dir.join("postern.toml"))
             .env("POSTERN_LOG", "debug,russh=info,sled=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("postern serve starts");
         self.proc = Some(Proc(child));
-        wait_port(self.port, "postern to listen");
+    }
+
+    /// Wait for the server process to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let p = self.proc.as_mut().expect("server running");
+        eventually(limit, "postern to exit", || p.0.try_wait().ok().flatten())
     }
 
     pub fn stop(&mut self) {
