@@ -312,21 +312,9 @@ mod tests {
 
     #[test]
     fn issued_certificate_checks_out_and_others_do_not() {
-        let ca = generate_key("ca");
+        let (ca, cert) = qa_cert();
         let other_ca = generate_key("other");
-        let user = generate_key("u");
-        let principals = vec!["qa".to_string()];
         let now = now_secs();
-        let req = CertRequest {
-            key: user.public_key(),
-            serial: 7,
-            key_id: "alice/req".into(),
-            principals: &principals,
-            valid_after: now,
-            valid_before: now + 3600,
-            permit_port_forwarding: false,
-        };
-        let cert = issue(&ca, &req).expect("issue");
         assert_eq!(
             check_certificate(&cert, ca.public_key(), "qa", None, now),
             Ok(())
@@ -348,7 +336,7 @@ mod tests {
         // The same fields as a host certificate.
         let mut b = Builder::new(
             vec![0u8; 32],
-            user.public_key().key_data().clone(),
+            cert.public_key().clone(),
             now - 10,
             now + 3600,
         )
@@ -367,7 +355,7 @@ mod tests {
         // 257 principals.
         let mut b = Builder::new(
             vec![0u8; 32],
-            user.public_key().key_data().clone(),
+            cert.public_key().clone(),
             now - 10,
             now + 3600,
         )
