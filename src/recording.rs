@@ -45,6 +45,25 @@ pub struct Line {
     pub text: Arc<str>,
 }
 
+/// Live fan-out of written lines to watchers. The broadcast buffer is
+/// made when the first watcher subscribes: an idle session nobody watches
+/// keeps none. Dropping every clone closes the feed.
+#[derive(Clone, Default)]
+pub struct Fanout(Arc<std::sync::OnceLock<broadcast::Sender<Line>>>);
+
+impl Fanout {
+    pub fn subscribe(&self) -> broadcast::Receiver<Line> {
+        self.0
+            .get_or_init(|| broadcast::channel(FANOUT).0)
+            .subscribe()
+    }
+
+    /// The sender, if anyone is watching.
+    fn watched(&self) -> Option<&broadcast::Sender<Line>> {
+        self.0.get().filter(|s| s.receiver_count() > 0)
+    }
+}
+
 /// The session-side handle of a recording.
 #[derive(Clone)]
 pub struct Recorder {
@@ -55,7 +74,7 @@ pub struct Recorder {
     /// Set by the writer when the disk refused a write.
     pub failed: Arc<AtomicBool>,
     /// Live fan-out of written lines.
-    pub live: broadcast::Sender<Line>,
+    pub live: Fanout,
     /// Where the file is.
     pub path: PathBuf,
 }
@@ -120,7 +139,7 @@ impl Recorder {
             .open(&path)
             .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (live, _) = broadcast::channel(FANOUT);
+        let live = Fanout::default();
         let failed = Arc::new(AtomicBool::new(false));
         let writer = tokio::spawn(tracing::Instrument::in_current_span(write_all(
             file,
@@ -248,7 +267,7 @@ async fn write_all(
     mut file: tokio::fs::File,
     header: String,
     mut rx: mpsc::Receiver<Rec>,
-    live: broadcast::Sender<Line>,
+    live: Fanout,
     failed: Arc<AtomicBool>,
 ) -> Summary {
     let mut hash = Sha256::new();
@@ -313,7 +332,7 @@ async fn write_all(
                     size += chunk.len() as u64;
                     // Checked after the write reached the file: a watcher
                     // that subscribes later reads these lines from the file.
-                    if live.receiver_count() > 0 {
+                    if let Some(live) = live.watched() {
                         for (i, &a) in starts.iter().enumerate() {
                             let b = starts.get(i + 1).copied().unwrap_or(chunk.len());
                             let text = String::from_utf8_lossy(&chunk[a..b - 1]);

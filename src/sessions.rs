@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::app::App;
 use crate::ca::now_secs;
-use crate::recording::{Line, Recorder, Summary};
+use crate::recording::{Recorder, Summary};
 use crate::server::GrantLogin;
 use crate::store::SESSIONS;
 
@@ -65,7 +65,7 @@ pub struct Live {
     /// The grant the session runs under.
     pub grant: String,
     /// Written recording lines, for watchers.
-    pub lines: broadcast::Sender<Line>,
+    pub lines: crate::recording::Fanout,
     /// Recording file, for the replay part of a watch (`None` for forwards).
     pub path: Option<std::path::PathBuf>,
     /// Set to `Some(why)` to end the session.
@@ -212,7 +212,7 @@ impl SessionLog {
         let (kill_tx, kill_rx) = watch::channel(None);
         let (lines, path) = match &recorder {
             Some(r) => (r.live.clone(), Some(r.path.clone())),
-            None => (broadcast::channel(1).0, None),
+            None => (Default::default(), None),
         };
         app.live.lock().insert(
             id.clone(),
