@@ -110,7 +110,14 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
         tokio::spawn(async move {
             let grace = app.config.limits.login_grace_time;
             let authed = Arc::new(AtomicBool::new(false));
-            let handler = Connection::new(app, Some(peer), preauth, gate, authed.clone(), conn_span);
+            let handler = Connection::new(
+                app.clone(),
+                Some(peer),
+                preauth,
+                gate.clone(),
+                authed.clone(),
+                conn_span,
+            );
             let running = match tokio::time::timeout(
                 grace,
                 server::run_stream(config, socket, handler),
@@ -128,6 +135,14 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
                 r = &mut running => {
                     if let Err(e) = r {
                         tracing::debug!(%peer, "connection ended: {e}");
+                        // A key or certificate russh cannot even parse (a
+                        // duplicate critical option, say) ends the connection
+                        // before any handler runs: it is still a failed login.
+                        if !authed.load(Ordering::SeqCst)
+                            && matches!(e, russh::Error::SshKey(_) | russh::Error::SshEncoding(_) | russh::Error::Keys(_))
+                        {
+                            refused(&app, &gate, Some(peer), "-", &format!("malformed key or certificate: {e}"));
+                        }
                     }
                 }
                 _ = async {
@@ -145,6 +160,27 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
             }
         }.instrument(span));
     }
+}
+
+/// A login refused (counted against the source, audited, logged).
+fn refused(app: &App, gate: &Gatekeeper, peer: Option<SocketAddr>, user: &str, why: &str) {
+    crate::metrics::global().refused(why);
+    if let Some(ip) = peer.map(|p| p.ip()) {
+        if gate.failed(ip) {
+            tracing::warn!(%ip, "source used up its failed-login budget; refusing it for a while");
+            app.audit.note(
+                "source.blocked",
+                "-",
+                serde_json::json!({ "client": ip.to_string(), "failures": gate.limits.max_auth_failures_per_source }),
+            );
+        }
+    }
+    tracing::info!(?peer, user, why, "login refused");
+    app.audit.note(
+        "login.refused",
+        "-",
+        serde_json::json!({ "login": user, "why": why, "client": peer.map(|p| p.to_string()) }),
+    );
 }
 
 /// Per-connection handler state.
@@ -205,23 +241,8 @@ impl Connection {
     }
 
     fn refuse(&self, user: &str, why: &str) -> Auth {
-        crate::metrics::global().refused(why);
-        if let Some(ip) = self.peer.map(|p| p.ip()) {
-            if self.gate.failed(ip) {
-                tracing::warn!(parent: &self.span, %ip, "source used up its failed-login budget; refusing it for a while");
-                self.app.audit.note(
-                    "source.blocked",
-                    "-",
-                    serde_json::json!({ "client": ip.to_string(), "failures": self.gate.limits.max_auth_failures_per_source }),
-                );
-            }
-        }
-        tracing::info!(parent: &self.span, peer = ?self.peer, user, why, "login refused");
-        self.app.audit.note(
-            "login.refused",
-            "-",
-            serde_json::json!({ "login": user, "why": why, "client": self.peer.map(|p| p.to_string()) }),
-        );
+        let _entered = self.span.enter();
+        refused(&self.app, &self.gate, self.peer, user, why);
         Auth::reject()
     }
 

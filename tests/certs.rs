@@ -433,7 +433,23 @@ fn hand_encoded_certificates() {
             "connection ended: SshKey: format encoding error",
         );
         assert!(!log.contains("certificate login"), "{name}:\n{log}");
+        // ... and it is still a refused login: logged, audited, counted.
+        logged_since(&b, before, "malformed key or certificate");
     }
+    let audit = b.ctl(&["audit", "--json"]);
+    let events: serde_json::Value = serde_json::from_slice(&audit.stdout).expect("audit json");
+    let refusals = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| {
+            e["kind"] == "login.refused"
+                && e["data"]["why"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("malformed key or certificate"))
+        })
+        .count();
+    assert_eq!(refusals, 2, "{events}");
 
     // A certificate the OpenSSH client will not load: it says so, offers
     // the plain key instead, and postern refuses that. The russh client
