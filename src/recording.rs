@@ -8,12 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use asciicast::Header;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
 /// Built with the `bench-recording-off` feature, for the benchmark's B3
@@ -137,7 +136,9 @@ impl Recorder {
             .create_new(true)
             .write(true)
             .open(&path)
-            .await?;
+            .await?
+            .into_std()
+            .await;
         let (tx, rx) = mpsc::channel(QUEUE);
         let live = Fanout::default();
         let failed = Arc::new(AtomicBool::new(false));
@@ -263,131 +264,199 @@ impl Utf8Stream {
     }
 }
 
+/// Encoded bytes per write: enough to batch, small enough that the two
+/// buffers a busy session keeps stay small.
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// The file side of a recording, owned by whichever thread is writing.
+struct Disk {
+    file: std::fs::File,
+    hash: Sha256,
+    size: u64,
+}
+
+/// Encoded lines on their way to the disk, and where each event line starts.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+type Writing = tokio::task::JoinHandle<(Disk, Batch, std::io::Result<()>)>;
+
+/// The writer task. Events are encoded into one batch while the previous
+/// batch is written and hashed on a blocking thread (no copy, and off the
+/// async workers that carry the sessions); each batch reaches the OS
+/// before its lines go to watchers.
 async fn write_all(
-    mut file: tokio::fs::File,
+    file: std::fs::File,
     header: String,
     mut rx: mpsc::Receiver<Rec>,
     live: Fanout,
     failed: Arc<AtomicBool>,
 ) -> Summary {
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
+    let mut disk = Some(Disk {
+        file,
+        hash: Sha256::new(),
+        size: 0,
+    });
     let mut seq = 0u64;
     let mut out_dec = Utf8Stream::default();
     let mut in_dec = Utf8Stream::default();
     let mut error: Option<String> = None;
-    // One batch of lines, encoded straight into the bytes that are written
-    // (no per-line String), and where each event line starts.
-    let mut chunk: Vec<u8> = Vec::new();
-    let mut starts: Vec<usize> = Vec::new();
-    chunk.extend_from_slice(header.as_bytes());
-    chunk.push(b'\n');
+    let mut next = Batch::default();
+    next.bytes.extend_from_slice(header.as_bytes());
+    next.bytes.push(b'\n');
     drop(header);
-    let mut batch = Vec::new();
+    let mut spare = Batch::default();
+    let mut writing: Option<Writing> = None;
     let mut last_sync = Instant::now();
     let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+    let fail = |error: &mut Option<String>, e: String| {
+        tracing::error!("recording write failed: {e}");
+        error.get_or_insert(e);
+        failed.store(true, Ordering::SeqCst);
+    };
     loop {
-        // Take everything queued, write it as one batch, flush, publish.
-        if chunk.is_empty() && rx.recv_many(&mut batch, QUEUE).await == 0 {
-            break;
+        if writing.is_none() && next.bytes.is_empty() {
+            // Nothing in hand: a session gone quiet keeps no big buffers.
+            if spare.bytes.capacity() > 64 * 1024 {
+                spare = Batch::default();
+            }
+            if next.bytes.capacity() > 64 * 1024 {
+                next = Batch::default();
+            }
+            match rx.recv().await {
+                Some(r) => encode(r, &mut next, &mut out_dec, &mut in_dec),
+                None => break,
+            }
         }
-        while batch.len() < QUEUE {
+        while next.bytes.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => encode(r, &mut next, &mut out_dec, &mut in_dec),
                 Err(_) => break,
             }
         }
-        for rec in batch.drain(..) {
-            encode(rec, &mut chunk, &mut starts, &mut out_dec, &mut in_dec);
-        }
-        if error.is_none() && !chunk.is_empty() {
-            // Flush every batch to the OS (survives kill -9); sync to the
-            // disk at most once a second (survives power loss, costs less).
-            // The sync runs beside the writes (an fdatasync can take a
-            // few hundred ms on a busy disk), one at a time.
-            let began = Instant::now();
-            let res = async {
-                file.write_all(&chunk).await?;
-                file.flush().await
+        // The previous batch: done writing? Publish it, reuse its buffer.
+        if let Some(w) = writing.take() {
+            match w.await {
+                Ok((d, mut done, res)) => {
+                    disk = Some(d);
+                    match res {
+                        Ok(()) => {
+                            if let Some(live) = live.watched() {
+                                publish(live, &done, seq);
+                            }
+                            seq += done.starts.len() as u64;
+                        }
+                        Err(e) => fail(&mut error, e.to_string()),
+                    }
+                    done.bytes.clear();
+                    done.starts.clear();
+                    spare = done;
+                }
+                Err(e) => fail(&mut error, format!("recording writer thread: {e}")),
             }
-            .await;
-            crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
+        }
+        // Flushed to the OS every batch (survives kill -9); synced to the
+        // disk at most once a second (survives power loss), beside the
+        // writes: an fdatasync can take a few hundred ms on a busy disk.
+        if let Some(d) = disk.as_ref() {
             let sync_done = syncing.as_ref().is_none_or(|h| h.is_finished());
-            if res.is_ok() && sync_done && last_sync.elapsed() >= std::time::Duration::from_secs(1)
-            {
+            if error.is_none() && sync_done && last_sync.elapsed() >= Duration::from_secs(1) {
                 if let Some(h) = syncing.take() {
                     if let Ok(Err(e)) = h.await {
-                        error.get_or_insert(e.to_string());
-                        failed.store(true, Ordering::SeqCst);
+                        fail(&mut error, e.to_string());
                     }
                 }
-                if let Ok(f) = file.try_clone().await {
-                    syncing = Some(tokio::spawn(async move { f.sync_data().await }));
+                if let Ok(f) = d.file.try_clone() {
+                    syncing = Some(tokio::task::spawn_blocking(move || f.sync_data()));
                 }
                 last_sync = Instant::now();
             }
-            match res {
-                Ok(()) => {
-                    hash.update(&chunk);
-                    size += chunk.len() as u64;
-                    // Checked after the write reached the file: a watcher
-                    // that subscribes later reads these lines from the file.
-                    if let Some(live) = live.watched() {
-                        for (i, &a) in starts.iter().enumerate() {
-                            let b = starts.get(i + 1).copied().unwrap_or(chunk.len());
-                            let text = String::from_utf8_lossy(&chunk[a..b - 1]);
-                            let _ = live.send(Line {
-                                seq: seq + i as u64,
-                                text: Arc::from(text.as_ref()),
-                            });
-                        }
-                    }
-                    seq += starts.len() as u64;
-                }
-                Err(e) => {
-                    tracing::error!("recording write failed: {e}");
-                    error = Some(e.to_string());
-                    failed.store(true, Ordering::SeqCst);
-                }
+        }
+        if next.bytes.is_empty() {
+            continue;
+        }
+        if error.is_some() {
+            next.bytes.clear();
+            next.starts.clear();
+            continue;
+        }
+        let Some(mut d) = disk.take() else {
+            // Lost with a writer thread that died; already reported.
+            next.bytes.clear();
+            next.starts.clear();
+            continue;
+        };
+        let batch = std::mem::replace(&mut next, std::mem::take(&mut spare));
+        writing = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let began = Instant::now();
+            let res = d.file.write_all(&batch.bytes);
+            crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
+            if res.is_ok() {
+                d.hash.update(&batch.bytes);
+                d.size += batch.bytes.len() as u64;
             }
-        }
-        chunk.clear();
-        starts.clear();
-        // A session that goes idle after a burst keeps no large buffers.
-        if chunk.capacity() > 64 * 1024 {
-            chunk = Vec::new();
-            batch = Vec::new();
-        }
+            (d, batch, res)
+        }));
     }
     if let Some(h) = syncing.take() {
         let _ = h.await;
     }
-    if error.is_none() {
-        if let Err(e) = async {
-            file.flush().await?;
-            file.sync_data().await
+    let Some(d) = disk else {
+        return Summary {
+            size: 0,
+            sha256: String::new(),
+            error: error.or(Some("recording writer thread lost".into())),
+        };
+    };
+    let (d, synced) = match tokio::task::spawn_blocking(move || {
+        let r = d.file.sync_data();
+        (d, r)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            return Summary {
+                size: 0,
+                sha256: String::new(),
+                error: Some(format!("recording writer thread: {e}")),
+            }
         }
-        .await
-        {
-            error = Some(e.to_string());
-            failed.store(true, Ordering::SeqCst);
-        }
+    };
+    if let Err(e) = synced {
+        fail(&mut error, e.to_string());
     }
     Summary {
-        size,
-        sha256: hex::encode(hash.finalize()),
+        size: d.size,
+        sha256: hex::encode(d.hash.finalize()),
         error,
     }
 }
 
-/// Append one event's line(s) to `chunk`, noting where each starts.
-fn encode(
-    rec: Rec,
-    chunk: &mut Vec<u8>,
-    starts: &mut Vec<usize>,
-    out_dec: &mut Utf8Stream,
-    in_dec: &mut Utf8Stream,
-) {
+/// Send a written batch's lines to live watchers.
+fn publish(live: &broadcast::Sender<Line>, batch: &Batch, seq: u64) {
+    for (i, &a) in batch.starts.iter().enumerate() {
+        let b = batch
+            .starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(batch.bytes.len());
+        let text =
+            String::from_utf8_lossy(batch.bytes.get(a..b.saturating_sub(1)).unwrap_or_default());
+        let _ = live.send(Line {
+            seq: seq + i as u64,
+            text: Arc::from(text.as_ref()),
+        });
+    }
+}
+
+/// Append one event's line(s) to the batch, noting where each starts.
+fn encode(rec: Rec, batch: &mut Batch, out_dec: &mut Utf8Stream, in_dec: &mut Utf8Stream) {
+    let (chunk, starts) = (&mut batch.bytes, &mut batch.starts);
     use base64::Engine;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let mut line = |t: f64, kind: &str, data: &str| {
