@@ -228,10 +228,10 @@ impl Connection {
             .logins_accepted
             .fetch_add(1, Ordering::Relaxed);
         let user = match &identity {
-            Identity::Grant(g) => g.grant.user.clone(),
-            Identity::Access(c) => c.name.clone(),
+            Identity::Grant(g) => g.grant.user.as_str(),
+            Identity::Access(c) => c.name.as_str(),
         };
-        self.span.record("user", user.as_str());
+        self.span.record("user", user);
         self.identity = Some(identity);
         self.authed.store(true, Ordering::SeqCst);
         if let Some(p) = self.preauth.take() {
