@@ -40,11 +40,43 @@ where
     T: Send + 'static,
 {
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    spawn_impl!(async {
-        let result = future.await;
-        let _ = sender.send(result);
+    spawn_impl!(SendOutput {
+        future,
+        sender: Some(sender),
     });
     JoinHandle { handle: receiver }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls `future` and sends its output to the [`JoinHandle`].
+    ///
+    /// postern patch: this replaces `async { sender.send(future.await) }`.
+    /// An async block keeps the future it captured and the future it awaits
+    /// in separate slots (rust-lang/rust#62958), so every task spawned here
+    /// was twice the size of its future: about 30 KB instead of 15 KB for a
+    /// client session, 25 KB instead of 13 KB for a server session.
+    struct SendOutput<F: Future> {
+        #[pin]
+        future: F,
+        sender: Option<tokio::sync::oneshot::Sender<F::Output>>,
+    }
+}
+
+impl<F: Future> Future for SendOutput<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        match this.future.poll(cx) {
+            Poll::Ready(result) => {
+                if let Some(sender) = this.sender.take() {
+                    let _ = sender.send(result);
+                }
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl<T> Future for JoinHandle<T>
