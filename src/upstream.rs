@@ -219,6 +219,18 @@ pub async fn connect(
     key: Arc<PrivateKey>,
     timeout: Duration,
 ) -> Result<Upstream, UpstreamError> {
+    // The handshake's state (russh's session before it is spawned, about
+    // 4.5 KB) is needed only while connecting. Boxed, it is freed when the
+    // handshake ends; inline, it would size every session task that awaits
+    // this for as long as the session lasts.
+    Box::pin(handshake(target, key, timeout)).await
+}
+
+async fn handshake(
+    target: &Target,
+    key: Arc<PrivateKey>,
+    timeout: Duration,
+) -> Result<Upstream, UpstreamError> {
     let name = target.name.clone();
     let mismatch = Arc::new(AtomicBool::new(false));
     let handler = TargetHandler {
