@@ -70,6 +70,13 @@ STARTED = []  # Popen objects we started
 DEADLINE = None
 
 
+def nearest_rank(sorted_values, q):
+    """The q-quantile of an ascending list by the nearest-rank method: the
+    smallest value with at least q of the values at or below it."""
+    i = max(0, min(len(sorted_values), -(-int(q * 1000) * len(sorted_values) // 1000)) - 1)
+    return sorted_values[i]
+
+
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
@@ -925,7 +932,7 @@ class Bench:
             v = sorted(v)
             out[cfg] = {
                 "median_ms": statistics.median(v) * 1000,
-                "p90_ms": v[min(len(v) - 1, int(round(0.9 * len(v))) - 1)] * 1000,
+                "p90_ms": nearest_rank(v, 0.90) * 1000,
                 "min_ms": v[0] * 1000,
                 "max_ms": v[-1] * 1000,
                 "n": len(v),
@@ -991,7 +998,8 @@ class Bench:
             lat.sort()
             out[cfg] = {
                 "median_ms": statistics.median(lat) * 1000,
-                "p90_ms": lat[int(0.9 * len(lat)) - 1] * 1000,
+                "p90_ms": nearest_rank(lat, 0.90) * 1000,
+                "p99_ms": nearest_rank(lat, 0.99) * 1000,
                 "n": len(lat),
             }
             log(f"bench: echo {cfg}: {out[cfg]}")
@@ -1343,6 +1351,7 @@ def table(results):
     if "echo" in s:
         rows.append(("Keystroke echo, ms median", [fmt(g("echo", c, "median_ms"), "{:.2f}") for c in cfgs]))
         rows.append(("Keystroke echo, ms p90", [fmt(g("echo", c, "p90_ms"), "{:.2f}") for c in cfgs]))
+        rows.append(("Keystroke echo, ms p99", [fmt(g("echo", c, "p99_ms"), "{:.2f}") for c in cfgs]))
     idle = s.get("idle", {})
     for n, v in idle.items():
         cells = ["–"] * len(cfgs)
@@ -1443,7 +1452,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=256, help="bulk transfer size (default 256)")
     ap.add_argument("--runs", type=int, default=3, help="bulk runs per configuration (median)")
     ap.add_argument("--setup-runs", type=int, default=20, help="connection setup runs per configuration")
-    ap.add_argument("--echo-keys", type=int, default=200, help="keystrokes per configuration")
+    ap.add_argument("--echo-keys", type=int, default=500, help="keystrokes per configuration")
     ap.add_argument("--sessions", default="100,500,1000", help="idle session counts (comma list)")
     ap.add_argument("--slow-mib", type=int, default=1024, help="slow consumer download size (default 1024)")
     ap.add_argument("--slow-rate", type=float, default=5, help="slow consumer read rate, MiB/s (default 5)")
