@@ -1155,6 +1155,22 @@ class Bench:
                 "upstream_conns_lingering_after_clients_gone": lingering,
                 "linger_wait_s": self.args.linger_wait,
             }
+            if n == max(self.args.sessions) and not self.args.no_second_round:
+                # Memory that stays after close should be reused, not leaked:
+                # the same number of sessions again, in the same process.
+                procs = self.open_idle("B2", n)
+                time.sleep(2)
+                again = vm_rss_kib(pid)
+                tpids, _ = self.target_side()
+                self.close_idle(procs)
+                self.kill_leftovers(tpids)
+                self.wait_no_children(tpid, 15)
+                time.sleep(2)
+                out[n].update({
+                    "rss_second_round_open_kib": again,
+                    "rss_second_round_after_kib": vm_rss_kib(pid),
+                    "second_round_kib_per_session": (again - after) / n,
+                })
             log(f"bench: idle B2 x{n}: {out[n]}")
         self.settle("B2")
         self.pa.clear_recordings()
@@ -1370,6 +1386,12 @@ def table(results):
             cells[cfgs.index("B2")] = "%d of %d" % (
                 v["upstream_conns_lingering_after_clients_gone"], v["target_sshd_conns_while_open"])
         rows.append((f"  upstream conns still open {v['linger_wait_s']:.0f}s after clients killed x{n}", cells))
+        if "rss_second_round_open_kib" in v and "B2" in cfgs:
+            cells = ["–"] * len(cfgs)
+            cells[cfgs.index("B2")] = "%d / %d (%+.1f KiB/session)" % (
+                v["rss_second_round_open_kib"], v["rss_second_round_after_kib"],
+                v["second_round_kib_per_session"])
+            rows.append((f"  same process, x{n} again: RSS KiB open/after", cells))
     slow = s.get("slow")
     if slow and "B2" in cfgs:
         cells = ["–"] * len(cfgs)
@@ -1458,6 +1480,8 @@ def main():
     ap.add_argument("--slow-rate", type=float, default=5, help="slow consumer read rate, MiB/s (default 5)")
     ap.add_argument("--only", help="comma list of output,input,gate,forward,setup,echo,idle,slow")
     ap.add_argument("--no-off", action="store_true", help="skip B3 (the recording-off build)")
+    ap.add_argument("--no-second-round", action="store_true",
+                    help="skip reopening the largest idle count in the same process")
     ap.add_argument("--no-jump-idle", action="store_true", help="skip the jump-host idle reference")
     ap.add_argument("--markdown", help="also write the markdown table to this file")
     ap.add_argument("--json", help="also write all results as JSON to this file")
