@@ -268,6 +268,10 @@ impl Utf8Stream {
 /// buffers a busy session keeps stay small.
 const BATCH_BYTES: usize = 512 * 1024;
 
+/// How long a recording's writer waits for more output before it frees its
+/// batch buffers.
+const QUIET: Duration = Duration::from_secs(2);
+
 /// The file side of a recording, owned by whichever thread is writing.
 struct Disk {
     file: std::fs::File,
@@ -319,14 +323,24 @@ async fn write_all(
     };
     loop {
         if writing.is_none() && next.bytes.is_empty() {
-            // Nothing in hand: a session gone quiet keeps no big buffers.
-            if spare.bytes.capacity() > 64 * 1024 {
-                spare = Batch::default();
-            }
-            if next.bytes.capacity() > 64 * 1024 {
-                next = Batch::default();
-            }
-            match rx.recv().await {
+            // Nothing in hand. A session gone quiet keeps no big buffers,
+            // but one that is only between two reads keeps them: freeing
+            // and growing them again every time the writer catches up cost
+            // a realloc copy and fresh zeroed pages per batch.
+            let big = |b: &Batch| b.bytes.capacity() > 64 * 1024;
+            let received = if big(&spare) || big(&next) {
+                match tokio::time::timeout(QUIET, rx.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        spare = Batch::default();
+                        next = Batch::default();
+                        rx.recv().await
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            match received {
                 Some(r) => encode(r, &mut next, &mut out_dec, &mut in_dec),
                 None => break,
             }
