@@ -72,9 +72,11 @@ DEADLINE = None
 
 def nearest_rank(sorted_values, q):
     """The q-quantile of an ascending list by the nearest-rank method: the
-    smallest value with at least q of the values at or below it."""
-    i = max(0, min(len(sorted_values), -(-int(q * 1000) * len(sorted_values) // 1000)) - 1)
-    return sorted_values[i]
+    smallest value with at least q of the values at or below it. (Integer
+    ceil of q·n: in floats 0.9 * 20 is 18.000000000000004.)"""
+    n = len(sorted_values)
+    rank = (round(q * 1000) * n + 999) // 1000
+    return sorted_values[max(rank, 1) - 1]
 
 
 def log(*a):
@@ -1171,12 +1173,7 @@ class Bench:
                     time.sleep(2)
                     rounds.append({"rss_open_kib": again, "rss_after_kib": vm_rss_kib(pid)})
                 if rounds:
-                    out[n].update({
-                        "rss_second_round_open_kib": rounds[0]["rss_open_kib"],
-                        "rss_second_round_after_kib": rounds[0]["rss_after_kib"],
-                        "second_round_kib_per_session": (rounds[0]["rss_open_kib"] - after) / n,
-                        "later_rounds": rounds,
-                    })
+                    out[n]["later_rounds"] = rounds
             log(f"bench: idle B2 x{n}: {out[n]}")
         self.settle("B2")
         self.pa.clear_recordings()
@@ -1392,13 +1389,17 @@ def table(results):
             cells[cfgs.index("B2")] = "%d of %d" % (
                 v["upstream_conns_lingering_after_clients_gone"], v["target_sshd_conns_while_open"])
         rows.append((f"  upstream conns still open {v['linger_wait_s']:.0f}s after clients killed x{n}", cells))
-        if "rss_second_round_open_kib" in v and "B2" in cfgs:
+        later = v.get("later_rounds", [])
+        if not later and "rss_second_round_open_kib" in v:  # results from before later_rounds
+            later = [{"rss_open_kib": v["rss_second_round_open_kib"],
+                      "rss_after_kib": v["rss_second_round_after_kib"]}]
+        if later and "B2" in cfgs:
+            again = later[0]
             cells = ["–"] * len(cfgs)
             cells[cfgs.index("B2")] = "%d / %d (%+.1f KiB/session)" % (
-                v["rss_second_round_open_kib"], v["rss_second_round_after_kib"],
-                v["second_round_kib_per_session"])
+                again["rss_open_kib"], again["rss_after_kib"],
+                (again["rss_open_kib"] - v["rss_after_kib"]) / int(n))
             rows.append((f"  same process, x{n} again: RSS KiB open/after", cells))
-            later = v.get("later_rounds", [])
             if len(later) > 1:
                 cells = ["–"] * len(cfgs)
                 cells[cfgs.index("B2")] = " / ".join(str(r["rss_open_kib"]) for r in later)
