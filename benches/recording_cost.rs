@@ -1,6 +1,6 @@
 //! What recording costs per GiB of session output, step by step, on the
 //! bench's bulk text (`bench/run.py`: `yes "some log line with words
-//! 1234567890"`): UTF-8 check, asciicast JSON escaping, SHA-256, and the
+//! 1234567890"`): UTF-8 check, asciicast JSON escaping, BLAKE3 (SHA-256 beside it for reference), and the
 //! write to disk. Run: `cargo bench --bench recording_cost`
 //! (`POSTERN_BENCH_MIB=N` for the buffer size, default 256;
 //! `POSTERN_BENCH_DIR=D` for where the write test puts its file, default the
@@ -79,13 +79,24 @@ fn main() {
             std::hint::black_box(out.len());
         },
     );
-    per_gib("SHA-256 of the escaped lines (sha2)", text.len(), || {
-        let mut h = Sha256::new();
+    per_gib("BLAKE3 of the escaped lines (blake3)", text.len(), || {
+        let mut h = blake3::Hasher::new();
         for c in json.chunks(512 * 1024) {
             h.update(c);
         }
         std::hint::black_box(h.finalize());
     });
+    per_gib(
+        "SHA-256 of the same (sha2, for reference)",
+        text.len(),
+        || {
+            let mut h = Sha256::new();
+            for c in json.chunks(512 * 1024) {
+                h.update(c);
+            }
+            std::hint::black_box(h.finalize());
+        },
+    );
     let dir = std::env::var_os("POSTERN_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);

@@ -31,6 +31,7 @@ fn record(i: u64, start: u64) -> SessionRecord {
         bytes_out: 1000,
         recording: None,
         size: 0,
+        blake3: None,
         sha256: None,
         commands: Vec::new(),
     }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use asciicast::Header;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 
 /// Built with the `bench-recording-off` feature, for the benchmark's B3
@@ -82,7 +81,8 @@ pub struct Recorder {
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub size: u64,
-    pub sha256: String,
+    /// BLAKE3 of the whole file, hex (what `b3sum` prints).
+    pub blake3: String,
     pub error: Option<String>,
 }
 
@@ -275,7 +275,7 @@ const QUIET: Duration = Duration::from_secs(2);
 /// The file side of a recording, owned by whichever thread is writing.
 struct Disk {
     file: std::fs::File,
-    hash: Sha256,
+    hash: blake3::Hasher,
     size: u64,
 }
 
@@ -301,7 +301,7 @@ async fn write_all(
 ) -> Summary {
     let mut disk = Some(Disk {
         file,
-        hash: Sha256::new(),
+        hash: blake3::Hasher::new(),
         size: 0,
     });
     let mut seq = 0u64;
@@ -422,7 +422,7 @@ async fn write_all(
     let Some(d) = disk else {
         return Summary {
             size: 0,
-            sha256: String::new(),
+            blake3: String::new(),
             error: error.or(Some("recording writer thread lost".into())),
         };
     };
@@ -436,7 +436,7 @@ async fn write_all(
         Err(e) => {
             return Summary {
                 size: 0,
-                sha256: String::new(),
+                blake3: String::new(),
                 error: Some(format!("recording writer thread: {e}")),
             }
         }
@@ -446,7 +446,7 @@ async fn write_all(
     }
     Summary {
         size: d.size,
-        sha256: hex::encode(d.hash.finalize()),
+        blake3: d.hash.finalize().to_hex().to_string(),
         error,
     }
 }
@@ -716,7 +716,7 @@ mod tests {
         assert!(summary.error.is_none());
         let bytes = std::fs::read(&path).expect("file");
         assert_eq!(summary.size, bytes.len() as u64);
-        assert_eq!(summary.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(summary.blake3, blake3::hash(&bytes).to_hex().as_str());
         let (h, ev) = read(&path).expect("parses");
         assert_eq!(h["width"], 80);
         let text: String = ev

@@ -50,6 +50,12 @@ pub struct SessionRecord {
     pub bytes_out: u64,
     pub recording: Option<String>,
     pub size: u64,
+    /// BLAKE3 of the recording file, hex (check with `b3sum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// SHA-256 of the recording, in records written before recordings
+    /// were hashed with BLAKE3; never set now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     pub commands: Vec<GateCommand>,
 }
@@ -176,6 +182,7 @@ impl SessionLog {
             bytes_out: 0,
             recording: None,
             size: 0,
+            blake3: None,
             sha256: None,
             commands: Vec::new(),
         };
@@ -293,7 +300,7 @@ impl SessionLog {
             match w.await {
                 Ok(s) => {
                     self.rec.size = s.size;
-                    self.rec.sha256 = Some(s.sha256);
+                    self.rec.blake3 = Some(s.blake3);
                     if let Some(e) = s.error {
                         self.rec.end_reason = Some(format!("recording failed: {e}"));
                     }
@@ -320,7 +327,7 @@ impl SessionLog {
             &self.rec.user,
             json!({
                 "session": self.rec.id, "reason": self.rec.end_reason, "exit_status": exit_status,
-                "bytes_in": self.rec.bytes_in, "bytes_out": self.rec.bytes_out, "sha256": self.rec.sha256,
+                "bytes_in": self.rec.bytes_in, "bytes_out": self.rec.bytes_out, "blake3": self.rec.blake3,
             }),
         );
     }
@@ -377,10 +384,13 @@ pub fn mark_interrupted(app: &App) -> Result<usize, crate::store::StoreError> {
             s.state = "interrupted".into();
             s.end_reason = Some("the bastion stopped while the session was live".into());
             if let Some(path) = &s.recording {
-                if let Ok(bytes) = std::fs::read(path) {
-                    use sha2::Digest;
-                    s.size = bytes.len() as u64;
-                    s.sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes)));
+                // Streamed: a recording can be larger than memory.
+                let mut hash = blake3::Hasher::new();
+                if let Ok(size) =
+                    std::fs::File::open(path).and_then(|mut f| std::io::copy(&mut f, &mut hash))
+                {
+                    s.size = size;
+                    s.blake3 = Some(hash.finalize().to_hex().to_string());
                 }
             }
             save(&app.store, &s, true)?;
@@ -422,6 +432,7 @@ mod tests {
             bytes_out: 0,
             recording: None,
             size: 0,
+            blake3: None,
             sha256: None,
             commands: Vec::new(),
         };

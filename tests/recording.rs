@@ -72,15 +72,15 @@ fn exec_sessions_are_recorded_exported_and_private() {
     assert_eq!(s["bytes_out"], "héllo ✓ done\n".len());
     let id = s["id"].as_str().expect("id").to_string();
 
-    // The stored size and SHA-256 describe the file.
+    // The stored size and BLAKE3 describe the file, as `b3sum` reads it.
     let path = std::path::PathBuf::from(s["recording"].as_str().expect("recording path"));
     let bytes = std::fs::read(&path).expect("recording exists");
     assert_eq!(s["size"], bytes.len());
-    let sha = Command::new("sha256sum")
-        .arg(&path)
-        .output()
-        .expect("sha256sum");
-    assert!(text(&sha.stdout).starts_with(s["sha256"].as_str().expect("sha")));
+    let digest = s["blake3"].as_str().expect("blake3 in the session record");
+    assert_eq!(digest.len(), 64, "{digest}");
+    let b3sum = Command::new("b3sum").arg(&path).output().expect("b3sum");
+    assert!(b3sum.status.success(), "{}", text(&b3sum.stderr));
+    assert_eq!(text(&b3sum.stdout).split_whitespace().next(), Some(digest));
 
     // export → asciinema reads it and the split character came out whole.
     let out = b.access("dave", &["export", &id]);
