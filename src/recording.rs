@@ -513,42 +513,28 @@ fn encode(rec: Rec, batch: &mut Batch, out_dec: &mut Utf8Stream, in_dec: &mut Ut
 ///
 /// Written by hand because it is the recorder's hottest loop: serde_json's
 /// escaper looks at every byte on its own (callgrind: ~19 instructions per
-/// recorded byte, the largest cost after SHA-256), while terminal output
-/// is mostly runs that need no escaping. This looks at eight bytes at a
-/// time and, when some need escaping, goes straight to the first of them
+/// recorded byte), while terminal output is mostly runs that need no
+/// escaping. [`next_special`] finds the end of each run sixteen bytes at a
+/// time, the run is copied whole, and the escape written inline
 /// (`benches/recording_cost.rs` measures it against serde_json).
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    // High bit set in the bytes of `w` that are zero / below 0x20. Bytes
-    // above the lowest flagged one may be flagged wrongly (a borrow carries
-    // upward), so only the lowest flag is used: it is always right.
-    let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
-    let special = |w: u64| {
-        (w.wrapping_sub(LO * 0x20) & !w & HI)
-            | zero(w ^ (LO * u64::from(b'"')))
-            | zero(w ^ (LO * u64::from(b'\\')))
-    };
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let b = s.as_bytes();
-    out.reserve(b.len() + 2);
+    let mut rest = s.as_bytes();
+    out.reserve(rest.len() + 2);
     out.push(b'"');
-    let mut run = 0; // first byte not yet copied to `out`
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(word) = b.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            let flags = special(u64::from_le_bytes(w));
-            if flags == 0 {
-                i += 8;
-                continue;
-            }
-            // Little-endian: the lowest flagged byte is the first in `s`.
-            i += (flags.trailing_zeros() / 8) as usize;
-        }
-        let c = b[i];
-        // The letter after the backslash, or 0 for a `\u00XX` escape.
+    loop {
+        // Escapes come in runs (`\r\n`, `\u001b[`): look at the next byte
+        // before scanning.
+        let at = if rest.first().copied().is_some_and(needs_escape) {
+            0
+        } else {
+            next_special(rest)
+        };
+        let Some((&c, after)) = rest.get(at..).and_then(<[u8]>::split_first) else {
+            out.extend_from_slice(rest);
+            break;
+        };
+        out.extend_from_slice(&rest[..at]);
         let short = match c {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -557,24 +543,62 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b't',
             0x08 => b'b',
             0x0c => b'f',
-            0..=0x1f => 0,
-            _ => {
-                i += 1;
-                continue;
-            }
+            _ => 0,
         };
-        out.extend_from_slice(&b[run..i]);
         if short != 0 {
             out.extend_from_slice(&[b'\\', short]);
         } else {
             let hex = |n: u8| HEX[usize::from(n & 0xf)];
             out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hex(c >> 4), hex(c)]);
         }
-        i += 1;
-        run = i;
+        rest = after;
     }
-    out.extend_from_slice(&b[run..]);
     out.push(b'"');
+}
+
+/// Whether JSON needs `c` escaped: `"`, `\` and the C0 controls.
+fn needs_escape(c: u8) -> bool {
+    c < 0x20 || c == b'"' || c == b'\\'
+}
+
+/// Where the first byte of `b` that needs escaping is, or `b.len()`.
+///
+/// Sixteen bytes at a time as two words whose flag bits are set where a
+/// byte is below 0x20, `"` or `\`. A flag can also be set wrongly above a
+/// rightly flagged byte (a borrow carries upward), never below one, so the
+/// lowest flag is always right and it is the only one used.
+fn next_special(b: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
+    let flags = |w: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        let w = u64::from_le_bytes(a);
+        (w.wrapping_sub(LO * 0x20) & !w & HI)
+            | zero(w ^ (LO * u64::from(b'"')))
+            | zero(w ^ (LO * u64::from(b'\\')))
+    };
+    let mut blocks = b.chunks_exact(16);
+    let mut at = 0;
+    for block in &mut blocks {
+        let (x, y) = (flags(&block[..8]), flags(&block[8..]));
+        if x | y != 0 {
+            // Little-endian: the lowest flag is the earliest byte.
+            let first = if x != 0 {
+                x.trailing_zeros() / 8
+            } else {
+                8 + y.trailing_zeros() / 8
+            };
+            return at + first as usize;
+        }
+        at += 16;
+    }
+    let tail = blocks.remainder();
+    at + tail
+        .iter()
+        .position(|&c| needs_escape(c))
+        .unwrap_or(tail.len())
 }
 
 fn round(t: f64) -> f64 {
@@ -644,10 +668,11 @@ mod tests {
             "a\"b\\c\n\r\t\u{8}\u{c}\u{1b}[0m\u{0}\u{1f}\u{7f}".into(),
             "héllo → ✓ 𝄞 \u{fffd}".into(),
         ];
-        // Every ASCII byte at every offset of a 17-byte string.
+        // Every ASCII byte at every offset of a 35-byte string: both words
+        // of two 16-byte blocks and the bytes after them.
         for c in 0u8..0x80 {
-            for at in 0..17 {
-                let mut v = vec![b'x'; 17];
+            for at in 0..35 {
+                let mut v = vec![b'x'; 35];
                 v[at] = c;
                 cases.push(String::from_utf8(v).expect("ascii"));
             }
