@@ -21,6 +21,7 @@
 //! - [`recording`]: asciicast writer per session, live fan-out, reader.
 //! - [`upstream`]: the target-facing russh client with pinned host keys.
 //! - [`forward`]: local port-forwards.
+//! - [`gulp`]: sockets read in large gulps under russh's small reads.
 //! - [`krl`]: OpenSSH KRL of revoked serials.
 //! - [`limits`]: pre-authentication limits (startups, grace time, failures).
 //! - [`metrics`]: Prometheus text metrics on a loopback listener.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod forward;
 pub mod gate;
+pub mod gulp;
 pub mod krl;
 pub mod limits;
 pub mod metrics;

@@ -207,97 +207,6 @@ fn client_config() -> client::Config {
     }
 }
 
-/// Bytes read from a target's socket at a time, at most.
-const GULP: usize = 256 * 1024;
-
-/// A target's socket, read in gulps of up to [`GULP`] bytes.
-///
-/// russh reads every packet with two reads of its own (its length, then
-/// the rest), so bulk output cost two `recv` calls per 32 KiB packet, and
-/// each freed only a little of the socket's receive window, which woke the
-/// target's sshd to write a little more. Gulping halved the recv calls and
-/// lowered both postern's and the target sshd's CPU per GiB
-/// (`docs/BENCHMARKS.md`). The buffer is not zeroed (`poll_read_buf`), so
-/// an idle or interactive session touches only the few KiB it uses.
-/// Hand-written: tokio's `BufReader` zero-fills its whole buffer up front.
-struct Gulp<S> {
-    inner: S,
-    /// Bytes read but not yet asked for; made on the first read.
-    buf: bytes::BytesMut,
-}
-
-impl<S> Gulp<S> {
-    fn new(inner: S) -> Gulp<S> {
-        Gulp {
-            inner,
-            buf: bytes::BytesMut::new(),
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Gulp<S> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        let me = self.get_mut();
-        if me.buf.is_empty() {
-            if out.remaining() >= GULP {
-                return std::pin::Pin::new(&mut me.inner).poll_read(cx, out);
-            }
-            // Empty, so this reuses the buffer from its start.
-            me.buf.reserve(GULP);
-            match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut me.inner), cx, &mut me.buf)
-            {
-                Poll::Ready(Ok(_)) => {}
-                other => return other.map_ok(|_| ()),
-            }
-        }
-        let n = out.remaining().min(me.buf.len());
-        out.put_slice(&me.buf[..n]);
-        bytes::Buf::advance(&mut me.buf, n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Gulp<S> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// An authenticated connection to a target.
 pub struct Upstream {
     /// The russh client handle; dropping it closes the connection.
@@ -333,7 +242,7 @@ async fn handshake(
     let connecting = async {
         let socket = tokio::net::TcpStream::connect(address).await?;
         socket.set_nodelay(config.nodelay)?;
-        let socket = Gulp::new(socket);
+        let socket = crate::gulp::Gulp::new(socket);
         client::connect_stream(config, socket, handler).await
     };
     let mut handle = match tokio::time::timeout(timeout, connecting).await {
