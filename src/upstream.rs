@@ -241,7 +241,9 @@ async fn handshake(
     let address = target.address.as_str();
     let connecting = async {
         let socket = tokio::net::TcpStream::connect(address).await?;
-        socket.set_nodelay(config.nodelay)?;
+        if let Err(e) = socket.set_nodelay(config.nodelay) {
+            tracing::debug!("set_nodelay: {e}");
+        }
         let socket = crate::gulp::Gulp::new(socket);
         client::connect_stream(config, socket, handler).await
     };
