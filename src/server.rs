@@ -103,13 +103,13 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
         let app = app.clone();
         let config = config.clone();
         let gate = gate.clone();
-        // Every log line about this connection carries its peer and, once
-        // known, its user; channel spans below add session and target.
         // russh's `run_stream` leaves Nagle on whatever the config says.
         if let Err(e) = socket.set_nodelay(config.nodelay) {
             tracing::debug!(%peer, "set_nodelay: {e}");
         }
         let socket = crate::gulp::Gulp::new(socket);
+        // Every log line about this connection carries its peer and, once
+        // known, its user; channel spans below add session and target.
         let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
         let conn_span = span.clone();
         tokio::spawn(async move {
