@@ -81,8 +81,9 @@ pub struct Recorder {
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub size: u64,
-    /// BLAKE3 of the whole file, hex (what `b3sum` prints).
-    pub blake3: String,
+    /// BLAKE3 of the whole file, hex (what `b3sum` prints); `None` when
+    /// the writer was lost before it could finish.
+    pub blake3: Option<String>,
     pub error: Option<String>,
 }
 
@@ -422,7 +423,7 @@ async fn write_all(
     let Some(d) = disk else {
         return Summary {
             size: 0,
-            blake3: String::new(),
+            blake3: None,
             error: error.or(Some("recording writer thread lost".into())),
         };
     };
@@ -436,7 +437,7 @@ async fn write_all(
         Err(e) => {
             return Summary {
                 size: 0,
-                blake3: String::new(),
+                blake3: None,
                 error: Some(format!("recording writer thread: {e}")),
             }
         }
@@ -446,7 +447,7 @@ async fn write_all(
     }
     Summary {
         size: d.size,
-        blake3: d.hash.finalize().to_hex().to_string(),
+        blake3: Some(d.hash.finalize().to_hex().to_string()),
         error,
     }
 }
@@ -535,6 +536,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
             break;
         };
         out.extend_from_slice(&rest[..at]);
+        // The letter after the backslash, or 0 for a `\u00XX` escape.
         let short = match c {
             b'"' => b'"',
             b'\\' => b'\\',
@@ -741,7 +743,10 @@ mod tests {
         assert!(summary.error.is_none());
         let bytes = std::fs::read(&path).expect("file");
         assert_eq!(summary.size, bytes.len() as u64);
-        assert_eq!(summary.blake3, blake3::hash(&bytes).to_hex().as_str());
+        assert_eq!(
+            summary.blake3.as_deref(),
+            Some(blake3::hash(&bytes).to_hex().as_str())
+        );
         let (h, ev) = read(&path).expect("parses");
         assert_eq!(h["width"], 80);
         let text: String = ev

@@ -300,8 +300,7 @@ impl SessionLog {
             match w.await {
                 Ok(s) => {
                     self.rec.size = s.size;
-                    // Empty when the writer was lost: no digest, not an empty one.
-                    self.rec.blake3 = Some(s.blake3).filter(|d| !d.is_empty());
+                    self.rec.blake3 = s.blake3;
                     if let Some(e) = s.error {
                         self.rec.end_reason = Some(format!("recording failed: {e}"));
                     }
