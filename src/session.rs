@@ -109,15 +109,17 @@ pub async fn serve(mut ch: Channel<Msg>, ctx: Context) {
             }
             ChannelMsg::RequestSubsystem { name, .. } => {
                 tracing::info!(subsystem = %name, "subsystem refused");
+                // The answer is the message, an exit status and the close,
+                // not CHANNEL_FAILURE: OpenSSH's client exits at once on a
+                // failed subsystem request, before it writes out stderr it
+                // has already read, so the message would be lost whenever
+                // both arrive in one read. The close ends the request.
                 let (_, w) = ch.split();
                 let msg = format!(
-                    "postern: subsystem {} is not allowed\r\n",
+                    "postern: subsystem {} is not allowed\n",
                     crate::control::escape(&name)
                 );
-                let _ = w.extended_data_bytes(1, Bytes::from(msg)).await;
-                let _ = ctx.handle.channel_failure(id).await;
-                let _ = w.close().await;
-                return;
+                return finish(&w, "", &msg, 1, pty.is_some()).await;
             }
             ChannelMsg::RequestX11 { .. } => {
                 tracing::info!("x11 forwarding refused");
