@@ -1142,11 +1142,17 @@ class Bench:
             self.wait_no_children(tpid, 15)
             time.sleep(2)
             after = vm_rss_kib(pid)
+            # And once the runtime's idle blocking threads (10 s keep-alive)
+            # have exited.
+            time.sleep(self.args.late_wait)
+            after_late = vm_rss_kib(pid)
             out[n] = {
                 "rss_before_kib": before,
                 "rss_open_kib": during,
                 "rss_after_clients_gone_kib": after_clients,
                 "rss_after_kib": after,
+                "rss_after_late_kib": after_late,
+                "late_wait_s": self.args.late_wait,
                 "kib_per_session": (during - before) / n,
                 "open_seconds": opened,
                 "target_sshd_conns_while_open": tconns,
@@ -1384,6 +1390,10 @@ def table(results):
             cells[cfgs.index("B2")] = "%d / %d / %d / %d" % (
                 v["rss_before_kib"], v["rss_open_kib"], v["rss_after_clients_gone_kib"], v["rss_after_kib"])
         rows.append((f"  postern RSS KiB before/open/clients killed/target side killed x{n}", cells))
+        if "rss_after_late_kib" in v and "B2" in cfgs:
+            cells = ["–"] * len(cfgs)
+            cells[cfgs.index("B2")] = "%d" % v["rss_after_late_kib"]
+            rows.append((f"  postern RSS KiB {v['late_wait_s']:.0f}s later x{n}", cells))
         cells = ["–"] * len(cfgs)
         if "B2" in cfgs:
             cells[cfgs.index("B2")] = "%d of %d" % (
@@ -1509,6 +1519,9 @@ def main():
     ap.add_argument("--no-same-cipher", action="store_true", help="skip the forced-cipher bulk rows")
     ap.add_argument("--retries", type=int, default=2,
                     help="re-run a bulk run when other processes took >10%% of the machine")
+    ap.add_argument("--late-wait", type=float, default=12,
+                    help="seconds after the idle sessions' close to read RSS once more, "
+                         "once idle blocking threads have exited (default 12)")
     ap.add_argument("--linger-wait", type=float, default=10,
                     help="seconds to wait for postern to close upstream connections of killed clients")
     ap.add_argument("--wait-idle", type=float, default=0,

@@ -82,6 +82,8 @@ pub fn server_config(app: &App) -> server::Config {
 pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
     let config = Arc::new(server_config(&app));
     let gate = Gatekeeper::new(app.config.limits.clone());
+    let trimmer = Arc::new(crate::memory::Trimmer::default());
+    tokio::spawn(trimmer.clone().run());
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -112,7 +114,9 @@ pub async fn run(app: Arc<App>, listener: TcpListener) -> std::io::Result<()> {
         // known, its user; channel spans below add session and target.
         let span = tracing::info_span!("conn", %peer, user = tracing::field::Empty);
         let conn_span = span.clone();
+        let open = trimmer.opened();
         tokio::spawn(async move {
+            let _open = open;
             let grace = app.config.limits.login_grace_time;
             let authed = Arc::new(AtomicBool::new(false));
             let handler = Connection::new(
