@@ -107,6 +107,19 @@ fn release() -> bool {
 mod tests {
     use super::*;
 
+    /// The trim count once it reaches `want` or a second has passed: the
+    /// trim itself runs on a real blocking thread, outside the paused clock.
+    async fn trims_after_blocking_work(t: &Trimmer, want: usize) -> usize {
+        for _ in 0..100 {
+            if t.trims.load(Ordering::SeqCst) >= want {
+                break;
+            }
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.trims.load(Ordering::SeqCst)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn trims_once_after_a_burst_of_closes_and_not_for_a_few() {
         let t = Arc::new(Trimmer::default());
@@ -123,26 +136,11 @@ mod tests {
         }
         assert_eq!(t.trims.load(Ordering::SeqCst), 0, "trimmed mid-burst");
         tokio::time::sleep(SETTLE * 2).await;
-        // The blocking trim has to run on a real thread.
-        for _ in 0..100 {
-            if t.trims.load(Ordering::SeqCst) == 1 {
-                break;
-            }
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(t.trims.load(Ordering::SeqCst), 1);
+        assert_eq!(trims_after_blocking_work(&t, 1).await, 1);
         // The last 30 closing, fewer than MIN_CLOSED but down to none: trimmed.
         assert_eq!(open.len(), 30);
         open.clear();
         tokio::time::sleep(SETTLE * 2).await;
-        for _ in 0..100 {
-            if t.trims.load(Ordering::SeqCst) == 2 {
-                break;
-            }
-            tokio::task::yield_now().await;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(t.trims.load(Ordering::SeqCst), 2);
+        assert_eq!(trims_after_blocking_work(&t, 2).await, 2);
     }
 }
