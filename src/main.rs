@@ -1,5 +1,6 @@
 //! The `postern` binary: parse arguments, load and check configuration
 //! (exit 64 on bad config, before binding anything), then serve.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
