@@ -1146,6 +1146,9 @@ class Bench:
             # have exited.
             time.sleep(self.args.late_wait)
             after_late = vm_rss_kib(pid)
+            if os.environ.get("BENCH_SMAPS"):
+                with open(f"/proc/{pid}/smaps") as src, open(f"{os.environ['BENCH_SMAPS']}-{n}-after", "w") as dst:
+                    dst.write(src.read())
             out[n] = {
                 "rss_before_kib": before,
                 "rss_open_kib": during,
