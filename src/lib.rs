@@ -28,6 +28,7 @@
 //! - [`notify`]: systemd readiness notifications (`sd_notify`).
 //! - [`gate`]: the read-only command gate.
 //! - [`memory`]: freed memory handed back to the system after connections close.
+//! - [`background`]: low-priority threads for recording work.
 //!
 //! No unsafe code but one call, `malloc_trim` in [`memory`], allowed there
 //! by name (`deny` rather than `forbid` so that one `allow` can exist).
@@ -37,6 +38,7 @@ pub mod access;
 pub mod app;
 pub mod audit;
 pub mod auditing;
+pub mod background;
 pub mod ca;
 pub mod config;
 pub mod control;

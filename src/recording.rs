@@ -1,6 +1,8 @@
 //! Session recordings: one asciicast v2 file per session channel, written
 //! by its own task from a bounded queue, so a slow disk slows a session
 //! only once the queue is full and a fast session never waits on a write.
+//! The encoding, hashing and writing run on low-priority threads
+//! ([`crate::background`]), behind the relay for the CPU.
 //! Each batch is flushed as soon as it is written (so a `kill -9` loses at
 //! most the batch in flight), hashed as it goes, and fanned out to live
 //! watchers over a bounded broadcast that drops for laggards.
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use asciicast::Header;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
+
+use crate::background;
 
 /// Built with the `bench-recording-off` feature, for the benchmark's B3
 /// only: session bytes are not recorded (the file holds the header and
@@ -32,6 +36,19 @@ enum Rec {
     Resize(f64, u32, u32),
     Marker(f64, String),
     Bytes(f64, bool, Bytes),
+    /// The file's first line, written as it is.
+    Header(String),
+}
+
+impl Rec {
+    /// About how many bytes the event adds to the file.
+    fn size(&self) -> usize {
+        match self {
+            Rec::Out(_, d) | Rec::In(_, d) | Rec::Bytes(_, _, d) => d.len(),
+            Rec::Marker(_, s) | Rec::Header(s) => s.len(),
+            Rec::Resize(..) => 16,
+        }
+    }
 }
 
 /// One recorded line, numbered, for live watchers.
@@ -162,6 +179,11 @@ impl Recorder {
         ))
     }
 
+    /// Queue an event for the writer.
+    async fn send(&self, rec: Rec) {
+        let _ = self.tx.send(rec).await;
+    }
+
     fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -170,18 +192,18 @@ impl Recorder {
         if UNRECORDED {
             return;
         }
-        let _ = self.tx.send(Rec::Out(self.now(), data.clone())).await;
+        self.send(Rec::Out(self.now(), data.clone())).await;
     }
 
     pub async fn input(&self, data: &Bytes) {
         if UNRECORDED {
             return;
         }
-        let _ = self.tx.send(Rec::In(self.now(), data.clone())).await;
+        self.send(Rec::In(self.now(), data.clone())).await;
     }
 
     pub async fn resize(&self, cols: u32, rows: u32) {
-        let _ = self.tx.send(Rec::Resize(self.now(), cols, rows)).await;
+        self.send(Rec::Resize(self.now(), cols, rows)).await;
     }
 
     /// Raw forwarded bytes; `to_dest` is the client → destination side.
@@ -189,18 +211,16 @@ impl Recorder {
         if UNRECORDED {
             return;
         }
-        let _ = self
-            .tx
-            .send(Rec::Bytes(
-                self.now(),
-                to_dest,
-                Bytes::copy_from_slice(data),
-            ))
-            .await;
+        self.send(Rec::Bytes(
+            self.now(),
+            to_dest,
+            Bytes::copy_from_slice(data),
+        ))
+        .await;
     }
 
     pub async fn marker(&self, label: String) {
-        let _ = self.tx.send(Rec::Marker(self.now(), label)).await;
+        self.send(Rec::Marker(self.now(), label)).await;
     }
 
     pub fn has_failed(&self) -> bool {
@@ -278,6 +298,9 @@ struct Disk {
     file: std::fs::File,
     hash: blake3::Hasher,
     size: u64,
+    /// Output and input text split mid-character, carried to the next event.
+    out_dec: Utf8Stream,
+    in_dec: Utf8Stream,
 }
 
 /// Encoded lines on their way to the disk, and where each event line starts.
@@ -287,12 +310,15 @@ struct Batch {
     starts: Vec<usize>,
 }
 
-type Writing = tokio::task::JoinHandle<(Disk, Batch, std::io::Result<()>)>;
+/// What a background job hands back: the disk, the written batch (for
+/// watchers), the emptied event list (to reuse), and how the write went.
+type Written = (Disk, Batch, Vec<Rec>, std::io::Result<()>);
 
-/// The writer task. Events are encoded into one batch while the previous
-/// batch is written and hashed on a blocking thread (no copy, and off the
-/// async workers that carry the sessions); each batch reaches the OS
-/// before its lines go to watchers.
+/// The writer task. Events are gathered into one list while the previous
+/// list is encoded, written and hashed on a low-priority thread
+/// ([`crate::background`]: off the async workers that carry the sessions,
+/// and behind them for the CPU); each batch reaches the OS before its lines
+/// go to watchers.
 async fn write_all(
     file: std::fs::File,
     header: String,
@@ -304,17 +330,15 @@ async fn write_all(
         file,
         hash: blake3::Hasher::new(),
         size: 0,
+        out_dec: Utf8Stream::default(),
+        in_dec: Utf8Stream::default(),
     });
     let mut seq = 0u64;
-    let mut out_dec = Utf8Stream::default();
-    let mut in_dec = Utf8Stream::default();
     let mut error: Option<String> = None;
-    let mut next = Batch::default();
-    next.bytes.extend_from_slice(header.as_bytes());
-    next.bytes.push(b'\n');
-    drop(header);
+    // Events taken from the queue, not yet handed to a background job.
+    let mut events = vec![Rec::Header(header)];
     let mut spare = Batch::default();
-    let mut writing: Option<Writing> = None;
+    let mut writing: Option<background::Job<Written>> = None;
     let mut last_sync = Instant::now();
     let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
     let fail = |error: &mut Option<String>, e: String| {
@@ -323,18 +347,17 @@ async fn write_all(
         failed.store(true, Ordering::SeqCst);
     };
     loop {
-        if writing.is_none() && next.bytes.is_empty() {
+        if writing.is_none() && events.is_empty() {
             // Nothing in hand. A session gone quiet keeps no big buffers,
             // but one that is only between two reads keeps them: freeing
             // and growing them again every time the writer catches up cost
             // a realloc copy and fresh zeroed pages per batch.
-            let big = |b: &Batch| b.bytes.capacity() > 64 * 1024;
-            let received = if big(&spare) || big(&next) {
+            let received = if spare.bytes.capacity() > 64 * 1024 {
                 match tokio::time::timeout(QUIET, rx.recv()).await {
                     Ok(r) => r,
                     Err(_) => {
                         spare = Batch::default();
-                        next = Batch::default();
+                        events = Vec::new();
                         rx.recv().await
                     }
                 }
@@ -342,20 +365,14 @@ async fn write_all(
                 rx.recv().await
             };
             match received {
-                Some(r) => encode(r, &mut next, &mut out_dec, &mut in_dec),
+                Some(r) => events.push(r),
                 None => break,
             }
         }
-        while next.bytes.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(r) => encode(r, &mut next, &mut out_dec, &mut in_dec),
-                Err(_) => break,
-            }
-        }
-        // The previous batch: done writing? Publish it, reuse its buffer.
+        // The previous batch: done writing? Publish it, reuse its buffers.
         if let Some(w) = writing.take() {
             match w.await {
-                Ok((d, mut done, res)) => {
+                Ok((d, mut done, emptied, res)) => {
                     disk = Some(d);
                     match res {
                         Ok(()) => {
@@ -369,8 +386,21 @@ async fn write_all(
                     done.bytes.clear();
                     done.starts.clear();
                     spare = done;
+                    if events.is_empty() {
+                        events = emptied;
+                    }
                 }
-                Err(e) => fail(&mut error, format!("recording writer thread: {e}")),
+                Err(e) => fail(&mut error, format!("recording writer: {e}")),
+            }
+        }
+        let mut taken = 0;
+        while taken < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(r) => {
+                    taken += r.size();
+                    events.push(r);
+                }
+                Err(_) => break,
             }
         }
         // Flushed to the OS every batch (survives kill -9); synced to the
@@ -390,23 +420,25 @@ async fn write_all(
                 last_sync = Instant::now();
             }
         }
-        if next.bytes.is_empty() {
+        if events.is_empty() {
             continue;
         }
         if error.is_some() {
-            next.bytes.clear();
-            next.starts.clear();
+            events.clear();
             continue;
         }
         let Some(mut d) = disk.take() else {
-            // Lost with a writer thread that died; already reported.
-            next.bytes.clear();
-            next.starts.clear();
+            // Lost with a writer that died; already reported.
+            events.clear();
             continue;
         };
-        let batch = std::mem::replace(&mut next, std::mem::take(&mut spare));
-        writing = Some(tokio::task::spawn_blocking(move || {
+        let mut evs = std::mem::take(&mut events);
+        let mut batch = std::mem::take(&mut spare);
+        writing = Some(background::spawn(move || {
             use std::io::Write;
+            for r in evs.drain(..) {
+                encode(r, &mut batch, &mut d.out_dec, &mut d.in_dec);
+            }
             let began = Instant::now();
             let res = d.file.write_all(&batch.bytes);
             crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
@@ -414,7 +446,7 @@ async fn write_all(
                 d.hash.update(&batch.bytes);
                 d.size += batch.bytes.len() as u64;
             }
-            (d, batch, res)
+            (d, batch, evs, res)
         }));
     }
     if let Some(h) = syncing.take() {
@@ -507,6 +539,10 @@ fn encode(rec: Rec, batch: &mut Batch, out_dec: &mut Utf8Stream, in_dec: &mut Ut
         Rec::Resize(t, c, r) => line(t, "r", &format!("{c}x{r}")),
         Rec::Marker(t, label) => line(t, "m", &label),
         Rec::Bytes(t, to_dest, d) => line(t, if to_dest { "c" } else { "s" }, &b64(&d)),
+        Rec::Header(h) => {
+            chunk.extend_from_slice(h.as_bytes());
+            chunk.push(b'\n');
+        }
     }
 }
 

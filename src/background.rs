@@ -1,0 +1,115 @@
+//! Low-priority threads for work that must not slow the data path.
+//!
+//! Recording a session costs about as much CPU per byte as relaying it
+//! (encoding, BLAKE3, the write: docs/BENCHMARKS.md). On the same threads
+//! and at the same priority as the relay, that work takes turns with the
+//! session's own bytes, and the session runs slower even when the machine
+//! has idle CPU. Here it runs on a few threads of their own at a lower
+//! priority (`nice`): the scheduler runs them in the gaps the data path
+//! leaves, and gives them the CPU anyway when they fall behind, because the
+//! session then waits on its full recording queue and leaves the CPU idle.
+//! Nothing is dropped: a recording slower than its session slows the
+//! session (the queue is bounded), never the other way round.
+//!
+//! The threads are not tokio's blocking pool because a thread cannot raise
+//! its priority back without privilege: they are kept for this work only.
+
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+
+/// How much lower than the rest of postern the threads run (`nice` is
+/// added to the process's). At 10 the scheduler gives a busy one about a
+/// tenth of a core's share against a busy relay thread.
+pub const NICE: i32 = 10;
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// The work queue, made with its threads by the first job.
+static QUEUE: OnceLock<Mutex<mpsc::Sender<Task>>> = OnceLock::new();
+
+/// A job's result, once a background thread has run it. It resolves to
+/// an error when the job was lost (its thread panicked running it).
+pub type Job<T> = tokio::sync::oneshot::Receiver<T>;
+
+/// Queue `f` for a low-priority thread.
+pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Task = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    // A queue that cannot take the job drops it, and with it the sender:
+    // the caller sees the job lost.
+    if let Ok(q) = queue().lock() {
+        let _ = q.send(job);
+    }
+    rx
+}
+
+fn queue() -> &'static Mutex<mpsc::Sender<Task>> {
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Task>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("postern-rec-{i}"))
+                .spawn(move || worker(&rx));
+            if let Err(e) = spawned {
+                tracing::error!("starting background thread {i}: {e}");
+            }
+        }
+        Mutex::new(tx)
+    })
+}
+
+fn worker(rx: &Mutex<mpsc::Receiver<Task>>) {
+    lower_priority();
+    loop {
+        // Taking the next job holds the lock only while waiting for it.
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        // A panicking job drops its result sender: its caller sees an error,
+        // and this thread lives on for the next job.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    }
+}
+
+/// Lower this thread's priority by [`NICE`]. On Linux `nice` is per
+/// thread; where lowering fails the work still runs, at normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        let now = getpriority_process(me).unwrap_or(0);
+        if let Err(e) = setpriority_process(me, (now + NICE).min(19)) {
+            tracing::warn!("could not lower the recording threads' priority: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn runs_jobs_at_lower_priority_and_survives_a_panic() {
+        let prio = spawn(|| {
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(-100)
+        })
+        .await
+        .expect("job ran");
+        let ours = rustix::process::getpriority_process(None).unwrap_or(0);
+        assert_eq!(prio, (ours + NICE).min(19));
+        assert!(spawn(|| panic!("boom")).await.is_err());
+        // Every thread still takes jobs after one panicked.
+        for i in 0..32 {
+            assert_eq!(spawn(move || i * 2).await.ok(), Some(i * 2));
+        }
+    }
+}
