@@ -801,7 +801,14 @@ class Bench:
             wall = time.monotonic() - t0
         finally:
             kill_proc(p)
-            p.wait(timeout=10)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                # Seen once in a full run (2026-12-02, B3 run 3): the
+                # transfer had finished and the ssh client outlived SIGTERM.
+                log(f"bench: forward {cfg}: ssh -N still running 10 s after SIGTERM; killed")
+                kill_proc(p, signal.SIGKILL)
+                p.wait(timeout=10)
             p.stderr.close()
         # sshd's per-connection process is reaped (its CPU lands in the
         # listener's cutime) only once ssh is gone.
