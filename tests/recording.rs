@@ -208,6 +208,67 @@ fn watch_follows_a_live_session_and_kill_ends_one() {
     assert!(!out.status.success());
 }
 
+/// CPU hogs at normal priority, one per core, until dropped.
+struct Hogs(Vec<std::process::Child>);
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for h in &mut self.0 {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+}
+
+#[test]
+fn a_recorder_starved_of_cpu_slows_its_session_and_loses_nothing() {
+    // The recorder's threads run at nice +10 (src/background.rs). With
+    // every core busy at normal priority they get little CPU; the session
+    // must then wait for them, and every byte must still be recorded.
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let _hogs = Hogs(
+        (0..cores)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "exec yes > /dev/null"])
+                    .spawn()
+                    .expect("sh")
+            })
+            .collect(),
+    );
+    let out = b.login("alice", &cert, "qa", &["web-1", "seq 1 1500000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.ends_with("\n1500000\n"), "output cut short");
+
+    let s = eventually(Duration::from_secs(60), "the session ended", || {
+        sessions(&b, "dave", &[])
+            .into_iter()
+            .next()
+            .filter(|s| s["state"] == "ended")
+    });
+    let path = std::path::PathBuf::from(s["recording"].as_str().expect("recording path"));
+    let (_, events) = postern::recording::read(&path).expect("recording parses");
+    let recorded: String = events
+        .iter()
+        .filter(|e| e.kind == "o")
+        .map(|e| e.data.as_str())
+        .collect();
+    assert_eq!(recorded.len(), shown.len(), "recorded bytes");
+    assert!(
+        recorded == shown,
+        "the recording differs from what was shown"
+    );
+    // The digest covers the whole file, as b3sum reads it.
+    let b3sum = Command::new("b3sum").arg(&path).output().expect("b3sum");
+    assert_eq!(
+        text(&b3sum.stdout).split_whitespace().next(),
+        s["blake3"].as_str()
+    );
+}
+
 #[test]
 fn a_slow_watcher_does_not_slow_the_session() {
     let b = Bastion::start();
