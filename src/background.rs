@@ -25,7 +25,7 @@ pub const NICE: i32 = 10;
 type Task = Box<dyn FnOnce() + Send>;
 
 /// The work queue, made with its threads by the first job.
-static QUEUE: OnceLock<Mutex<mpsc::Sender<Task>>> = OnceLock::new();
+static QUEUE: OnceLock<mpsc::Sender<Task>> = OnceLock::new();
 
 /// A job's result, once a background thread has run it. It resolves to
 /// an error when the job was lost (its thread panicked running it).
@@ -37,15 +37,13 @@ pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Job<T
     let job: Task = Box::new(move || {
         let _ = tx.send(f());
     });
-    // A queue that cannot take the job drops it, and with it the sender:
-    // the caller sees the job lost.
-    if let Ok(q) = queue().lock() {
-        let _ = q.send(job);
-    }
+    // A queue that cannot take the job (no thread started) drops it, and
+    // with it the sender: the caller sees the job lost.
+    let _ = queue().send(job);
     rx
 }
 
-fn queue() -> &'static Mutex<mpsc::Sender<Task>> {
+fn queue() -> &'static mpsc::Sender<Task> {
     QUEUE.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Task>();
         let rx = std::sync::Arc::new(Mutex::new(rx));
@@ -59,7 +57,7 @@ fn queue() -> &'static Mutex<mpsc::Sender<Task>> {
                 tracing::error!("starting background thread {i}: {e}");
             }
         }
-        Mutex::new(tx)
+        tx
     })
 }
 
