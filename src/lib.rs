@@ -30,8 +30,9 @@
 //! - [`memory`]: freed memory handed back to the system after connections close.
 //! - [`background`]: low-priority threads for recording work.
 //!
-//! No unsafe code but one call, `malloc_trim` in [`memory`], allowed there
-//! by name (`deny` rather than `forbid` so that one `allow` can exist).
+//! No unsafe code but two calls, each allowed where it is by name (`deny`
+//! rather than `forbid` so that an `allow` can exist): `malloc_trim` in
+//! [`memory`] and `sync_file_range` in [`recording`].
 #![deny(unsafe_code)]
 
 pub mod access;
