@@ -874,8 +874,9 @@ mod tests {
     async fn a_long_recording_keeps_little_of_itself_in_the_page_cache() {
         // On the disk the build is on: tmpfs (a common /tmp) has no device
         // to write back to and keeps every page.
-        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target"))
-            .expect("tmp under target/");
+        let near = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(near).expect("target/ exists");
+        let dir = tempfile::tempdir_in(near).expect("tmp under target/");
         let (rec, done) = Recorder::start(dir.path(), "long", 80, 24, "t".into())
             .await
             .expect("start");
