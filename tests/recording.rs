@@ -220,6 +220,33 @@ impl Drop for Hogs {
     }
 }
 
+/// The only session's record once it has ended, and its recording's path.
+fn ended_session(b: &Bastion) -> (serde_json::Value, std::path::PathBuf) {
+    let s = eventually(Duration::from_secs(60), "the session ended", || {
+        sessions(b, "dave", &[])
+            .into_iter()
+            .next()
+            .filter(|s| s["state"] == "ended")
+    });
+    let path = std::path::PathBuf::from(s["recording"].as_str().expect("recording path"));
+    (s, path)
+}
+
+/// The recording's output is exactly what the client was shown.
+fn assert_recorded(path: &std::path::Path, shown: &str) {
+    let (_, events) = postern::recording::read(path).expect("recording parses");
+    let recorded: String = events
+        .iter()
+        .filter(|e| e.kind == "o")
+        .map(|e| e.data.as_str())
+        .collect();
+    assert_eq!(recorded.len(), shown.len(), "recorded bytes");
+    assert!(
+        recorded == shown,
+        "the recording differs from what was shown"
+    );
+}
+
 #[test]
 fn a_recorder_starved_of_cpu_slows_its_session_and_loses_nothing() {
     // The recorder's threads run at nice +10 (src/background.rs). With
@@ -243,30 +270,58 @@ fn a_recorder_starved_of_cpu_slows_its_session_and_loses_nothing() {
     let shown = text(&out.stdout);
     assert!(shown.ends_with("\n1500000\n"), "output cut short");
 
-    let s = eventually(Duration::from_secs(60), "the session ended", || {
-        sessions(&b, "dave", &[])
-            .into_iter()
-            .next()
-            .filter(|s| s["state"] == "ended")
-    });
-    let path = std::path::PathBuf::from(s["recording"].as_str().expect("recording path"));
-    let (_, events) = postern::recording::read(&path).expect("recording parses");
-    let recorded: String = events
-        .iter()
-        .filter(|e| e.kind == "o")
-        .map(|e| e.data.as_str())
-        .collect();
-    assert_eq!(recorded.len(), shown.len(), "recorded bytes");
-    assert!(
-        recorded == shown,
-        "the recording differs from what was shown"
-    );
+    let (s, path) = ended_session(&b);
+    assert_recorded(&path, &shown);
     // The digest covers the whole file, as b3sum reads it.
     let b3sum = Command::new("b3sum").arg(&path).output().expect("b3sum");
     assert_eq!(
         text(&b3sum.stdout).split_whitespace().next(),
         s["blake3"].as_str()
     );
+}
+
+#[test]
+fn a_long_session_s_recording_does_not_pile_up_in_the_page_cache() {
+    // About 48 MB of output through ssh -> postern -> sshd. The recorder
+    // starts writeback every 8 MiB and drops what is on the device from
+    // the page cache (recording::Streamed), so the finished file keeps
+    // about two steps of itself cached, not all of it.
+    let b = Bastion::start();
+    let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
+    let out = b.login("alice", &cert, "qa", &["web-1", "seq 1 6500000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.ends_with("\n6500000\n"), "output cut short");
+    // Counted before anything here reads the file back into the cache.
+    let (_, path) = ended_session(&b);
+    let size = std::fs::metadata(&path).expect("recording").len();
+    assert!(size > 48 << 20, "recording is {size} bytes");
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&path)
+        .output()
+        .expect("stat");
+    assert_ne!(
+        text(&fs.stdout).trim(),
+        "tmpfs",
+        "the test's temporary folder is on tmpfs, which keeps every page: \
+         set TMPDIR to a folder on a disk"
+    );
+    // fincore (util-linux-extra) counts the file's pages in the page cache.
+    let cached = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(&path)
+        .output()
+        .expect("fincore runs (util-linux-extra)");
+    let cached: u64 = text(&cached.stdout)
+        .trim()
+        .parse()
+        .expect("fincore prints a byte count");
+    assert!(
+        cached <= 24 << 20,
+        "{cached} of {size} bytes of the recording still in the page cache"
+    );
+    assert_recorded(&path, &shown);
 }
 
 #[test]
