@@ -306,7 +306,7 @@ struct Disk {
 
 /// How much of a recording's newest bytes the page cache keeps: about two
 /// steps of this, the one being written and the one being written back.
-pub const CACHED: u64 = 8 << 20;
+const CACHED: u64 = 8 << 20;
 
 /// Where a file written front to back was last asked to start writeback,
 /// and where its page cache was last dropped up to.
