@@ -314,6 +314,20 @@ struct Disk {
 }
 
 impl Disk {
+    /// A new recording's file, empty, and its direct side if it has one.
+    fn new(file: std::fs::File, direct: Option<Direct>) -> Disk {
+        Disk {
+            file,
+            direct,
+            hash: blake3::Hasher::new(),
+            size: 0,
+            direct_bytes: 0,
+            out_dec: Utf8Stream::default(),
+            in_dec: Utf8Stream::default(),
+            cache: Streamed::default(),
+        }
+    }
+
     /// Append `data` to the file, at `size`.
     ///
     /// The whole blocks go straight to the device when the file system
@@ -523,16 +537,7 @@ async fn write_all(
     live: Fanout,
     failed: Arc<AtomicBool>,
 ) -> Summary {
-    let mut disk = Some(Disk {
-        file,
-        direct,
-        hash: blake3::Hasher::new(),
-        size: 0,
-        direct_bytes: 0,
-        out_dec: Utf8Stream::default(),
-        in_dec: Utf8Stream::default(),
-        cache: Streamed::default(),
-    });
+    let mut disk = Some(Disk::new(file, direct));
     let mut seq = 0u64;
     let mut error: Option<String> = None;
     // Events taken from the queue, not yet handed to a background job.
@@ -1058,17 +1063,7 @@ mod tests {
         let path = dir.join("d.cast");
         let file = std::fs::File::create_new(&path).expect("create");
         let direct = direct(&path);
-        let disk = Disk {
-            file,
-            direct,
-            hash: blake3::Hasher::new(),
-            size: 0,
-            direct_bytes: 0,
-            out_dec: Utf8Stream::default(),
-            in_dec: Utf8Stream::default(),
-            cache: Streamed::default(),
-        };
-        (disk, path)
+        (Disk::new(file, direct), path)
     }
 
     /// Batches of every alignment, appended as the writer appends them.
