@@ -34,13 +34,20 @@ pub type Job<T> = tokio::sync::oneshot::Receiver<T>;
 /// Queue `f` for a low-priority thread.
 pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Task = Box::new(move || {
-        let _ = tx.send(f());
-    });
     // A queue that cannot take the job (no thread started) drops it, and
     // with it the sender: the caller sees the job lost.
-    let _ = queue().send(job);
+    run(move || {
+        let _ = tx.send(f());
+    });
     rx
+}
+
+/// Queue `f` for a low-priority thread, with nobody waiting for it: `f`
+/// says itself when it is done. A job the queue cannot take is dropped
+/// unrun, so `f` should own a guard that reports that (as
+/// [`crate::recording`]'s does).
+pub fn run(f: impl FnOnce() + Send + 'static) {
+    let _ = queue().send(Box::new(f));
 }
 
 fn queue() -> &'static mpsc::Sender<Task> {

@@ -1,20 +1,30 @@
-//! Session recordings: one asciicast v2 file per session channel, written
-//! by its own task from a bounded queue, so a slow disk slows a session
-//! only once the queue is full and a fast session never waits on a write.
-//! The encoding, hashing and writing run on low-priority threads
-//! ([`crate::background`]), behind the relay for the CPU.
-//! Each batch is flushed as soon as it is written (so a `kill -9` loses at
-//! most the batch in flight), hashed as it goes, and fanned out to live
-//! watchers over a bounded broadcast that drops for laggards.
+//! Session recordings: one asciicast v2 file per session channel.
+//!
+//! A session copies each event into its recording's inbox, under a lock it
+//! holds for the copy, and goes on: no queue per event, no task woken per
+//! event. A job on a low-priority thread ([`crate::background`]) takes
+//! the whole inbox at a time and encodes, hashes and writes it, and goes
+//! on taking it while there is more; a session wakes one only when the
+//! inbox holds a batch's worth ([`BATCH_BYTES`]) and none is running, and
+//! otherwise tells the recording's writer task, which starts one after
+//! [`LINGER`]. So a busy session costs a wake-up per batch, not per
+//! chunk, and russh's buffers go back to the thread that made them at
+//! once. A full inbox ([`INBOX_MAX`]) makes the session wait: a slow disk
+//! slows its session, never loses its bytes.
+//!
+//! Each batch reaches the OS as soon as it is encoded (a `kill -9` loses
+//! what arrived in the last [`LINGER`] and the batch in flight), is synced
+//! to the device at most once a second, is hashed as it goes, and is fanned
+//! out to live watchers over a bounded broadcast that drops for laggards.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use asciicast::Header;
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::background;
 
@@ -23,30 +33,48 @@ use crate::background;
 /// markers). Never set in a normal build; `postern serve` warns loudly.
 pub const UNRECORDED: bool = cfg!(feature = "bench-recording-off");
 
-/// Queue depth between a session and its writer.
-const QUEUE: usize = 256;
 /// Live fan-out depth; a watcher further behind than this skips ahead.
 const FANOUT: usize = 128;
 
-/// What a session hands its recorder.
+/// Raw bytes in an inbox that make the session start a job itself.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Raw bytes an inbox takes before its sessions wait for the job.
+const INBOX_MAX: usize = 2 << 20;
+
+/// How long the first event after the job went idle waits for company
+/// before the writer task starts a job for it: the most a live watcher or
+/// a `kill -9` waits on the inbox.
+const LINGER: Duration = Duration::from_millis(4);
+
+/// How long a recording waits with nothing written before it frees its
+/// buffers (a session between two reads keeps them: freeing and growing
+/// them again cost a realloc copy and fresh zeroed pages per batch).
+const QUIET: Duration = Duration::from_secs(2);
+
+/// How often, at most, a recording being written is synced to the device.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// One event in an inbox; its payload (if it has one) is the next `len`
+/// bytes of [`Inbox::data`].
 #[derive(Debug)]
-enum Rec {
-    Out(f64, Bytes),
-    In(f64, Bytes),
+enum Ev {
+    Out(f64, usize),
+    In(f64, usize),
+    /// Forwarded bytes; `true` for client → destination.
+    Bytes(f64, bool, usize),
     Resize(f64, u32, u32),
     Marker(f64, String),
-    Bytes(f64, bool, Bytes),
     /// The file's first line, written as it is.
     Header(String),
 }
 
-impl Rec {
-    /// About how many bytes the event adds to the file.
-    fn size(&self) -> usize {
+impl Ev {
+    /// How many bytes of the inbox's data are this event's.
+    fn len(&self) -> usize {
         match self {
-            Rec::Out(_, d) | Rec::In(_, d) | Rec::Bytes(_, _, d) => d.len(),
-            Rec::Marker(_, s) | Rec::Header(s) => s.len(),
-            Rec::Resize(..) => 16,
+            Ev::Out(_, n) | Ev::In(_, n) | Ev::Bytes(_, _, n) => *n,
+            Ev::Resize(..) | Ev::Marker(..) | Ev::Header(_) => 0,
         }
     }
 }
@@ -79,15 +107,67 @@ impl Fanout {
     }
 }
 
+/// What the sessions have handed a recording that no job has taken yet,
+/// and who holds the file.
+#[derive(Default)]
+struct Inbox {
+    /// The events' payloads, back to back.
+    data: Vec<u8>,
+    events: Vec<Ev>,
+    /// A job holds the writer (queued or running) and will take what
+    /// arrives before it ends.
+    busy: bool,
+    /// The writer task has been told to start a job after [`LINGER`].
+    armed: bool,
+    /// Every handle is gone: the job tells the writer task when it ends.
+    closing: bool,
+    /// The file side, while no job holds it; `None` for good once a job
+    /// was lost (`lost`), when nothing more is kept.
+    writer: Option<Writer>,
+    lost: bool,
+}
+
+/// A recording as its handles, its writer task and its jobs share it.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    /// To the writer task: events came while no job ran; or, closing,
+    /// the job ended.
+    wake: Notify,
+    /// To sessions waiting on a full inbox: a job took it.
+    room: Notify,
+    /// Set when the disk refused a write or a job was lost.
+    failed: AtomicBool,
+    live: Fanout,
+    /// Bytes of the file handed to the OS so far.
+    written: AtomicU64,
+    /// The session's span, for what the jobs log.
+    span: tracing::Span,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        // A panic under this lock cannot leave the inbox half-changed
+        // (nothing in the critical sections panics); go on with it.
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Log `e` and mark the recording failed.
+    fn fail(&self, error: &mut Option<String>, e: String) {
+        tracing::error!(parent: &self.span, "recording write failed: {e}");
+        error.get_or_insert(e);
+        self.failed.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The session-side handle of a recording.
 #[derive(Clone)]
 pub struct Recorder {
-    /// Events to the writer task; dropping every clone ends the recording.
-    tx: mpsc::Sender<Rec>,
+    shared: Arc<Shared>,
+    /// Never sent on: the writer task sees the recording end when every
+    /// clone is dropped.
+    _alive: mpsc::Sender<()>,
     /// When the session started; event times are offsets from it.
     started: Instant,
-    /// Set by the writer when the disk refused a write.
-    pub failed: Arc<AtomicBool>,
     /// Live fan-out of written lines.
     pub live: Fanout,
     /// Where the file is.
@@ -160,23 +240,36 @@ impl Recorder {
             .await?
             .into_std()
             .await;
+        let sync = Arc::new(file.try_clone()?);
         let direct = Direct::open(&path);
-        let (tx, rx) = mpsc::channel(QUEUE);
         let live = Fanout::default();
-        let failed = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared {
+            inbox: Mutex::new(Inbox {
+                events: vec![Ev::Header(header)],
+                writer: Some(Writer::new(Disk::new(file, direct))),
+                // The header goes to the file at once.
+                busy: true,
+                ..Inbox::default()
+            }),
+            wake: Notify::new(),
+            room: Notify::new(),
+            failed: AtomicBool::new(false),
+            live: live.clone(),
+            written: AtomicU64::new(0),
+            span: tracing::Span::current(),
+        });
+        Job::start(&shared);
+        let (alive, gone) = mpsc::channel(1);
         let writer = tokio::spawn(tracing::Instrument::in_current_span(write_all(
-            file,
-            direct,
-            header,
-            rx,
-            live.clone(),
-            failed.clone(),
+            shared.clone(),
+            gone,
+            sync,
         )));
         Ok((
             Recorder {
-                tx,
+                shared,
+                _alive: alive,
                 started: Instant::now(),
-                failed,
                 live,
                 path,
             },
@@ -184,9 +277,54 @@ impl Recorder {
         ))
     }
 
-    /// Queue an event for the writer.
-    async fn send(&self, rec: Rec) {
-        let _ = self.tx.send(rec).await;
+    /// Copy an event into the inbox; wait first while the inbox is full.
+    async fn push(&self, ev: Ev, payload: &[u8]) {
+        let mut ev = Some(ev);
+        while !self.offer(&mut ev, payload) {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            // Registered before the second look: a job taking the inbox
+            // between the look and the wait still wakes this session.
+            room.as_mut().enable();
+            if self.offer(&mut ev, payload) {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Put the event in the inbox unless it is full (`false`, the event
+    /// left in `ev`); start a job, or ask the writer task for one, if
+    /// none runs.
+    fn offer(&self, ev: &mut Option<Ev>, payload: &[u8]) -> bool {
+        let shared = &self.shared;
+        let (start, wake) = {
+            let mut ib = shared.lock();
+            if ib.lost {
+                // Nothing takes the inbox any more; already reported.
+                return true;
+            }
+            if ib.data.len() >= INBOX_MAX {
+                return false;
+            }
+            let Some(e) = ev.take() else { return true };
+            ib.data.extend_from_slice(payload);
+            ib.events.push(e);
+            if ib.busy || ib.writer.is_none() {
+                (false, false)
+            } else if ib.data.len() >= BATCH_BYTES {
+                ib.busy = true;
+                (true, false)
+            } else {
+                (false, !std::mem::replace(&mut ib.armed, true))
+            }
+        };
+        if start {
+            Job::start(shared);
+        } else if wake {
+            shared.wake.notify_one();
+        }
+        true
     }
 
     fn now(&self) -> f64 {
@@ -197,18 +335,18 @@ impl Recorder {
         if UNRECORDED {
             return;
         }
-        self.send(Rec::Out(self.now(), data.clone())).await;
+        self.push(Ev::Out(self.now(), data.len()), data).await;
     }
 
     pub async fn input(&self, data: &Bytes) {
         if UNRECORDED {
             return;
         }
-        self.send(Rec::In(self.now(), data.clone())).await;
+        self.push(Ev::In(self.now(), data.len()), data).await;
     }
 
     pub async fn resize(&self, cols: u32, rows: u32) {
-        self.send(Rec::Resize(self.now(), cols, rows)).await;
+        self.push(Ev::Resize(self.now(), cols, rows), &[]).await;
     }
 
     /// Raw forwarded bytes; `to_dest` is the client → destination side.
@@ -216,20 +354,16 @@ impl Recorder {
         if UNRECORDED {
             return;
         }
-        self.send(Rec::Bytes(
-            self.now(),
-            to_dest,
-            Bytes::copy_from_slice(data),
-        ))
-        .await;
+        self.push(Ev::Bytes(self.now(), to_dest, data.len()), data)
+            .await;
     }
 
     pub async fn marker(&self, label: String) {
-        self.send(Rec::Marker(self.now(), label)).await;
+        self.push(Ev::Marker(self.now(), label), &[]).await;
     }
 
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.shared.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -289,14 +423,6 @@ impl Utf8Stream {
         out
     }
 }
-
-/// Encoded bytes per write: enough to batch, small enough that the two
-/// buffers a busy session keeps stay small.
-const BATCH_BYTES: usize = 512 * 1024;
-
-/// How long a recording's writer waits for more output before it frees its
-/// batch buffers.
-const QUIET: Duration = Duration::from_secs(2);
 
 /// The file side of a recording, owned by whichever thread is writing.
 struct Disk {
@@ -412,9 +538,12 @@ impl Direct {
 
     /// Write `data`, whole blocks, at the block-aligned offset `at`: how
     /// many bytes reached the file, and what stopped it short, if anything.
+    /// Data at a block-aligned address (a [`Batch`] arranges it) goes as it
+    /// is; other data through the aligned staging buffer.
     fn write(&mut self, data: &[u8], at: u64) -> (usize, Option<std::io::Error>) {
-        use std::io::{Error, ErrorKind};
-        use std::os::unix::fs::FileExt;
+        if data.as_ptr().align_offset(BLOCK_LEN) == 0 {
+            return write_blocks(&self.file, data, at);
+        }
         if self.staging.is_empty() {
             self.staging = vec![0; STAGING + BLOCK_LEN];
         }
@@ -423,25 +552,38 @@ impl Direct {
         let mut done = 0;
         for piece in data.chunks(STAGING) {
             let Some(stage) = self.staging.get_mut(off..off + piece.len()) else {
-                return (done, Some(Error::other("no aligned buffer")));
+                let e = std::io::Error::other("no aligned buffer");
+                return (done, Some(e));
             };
             stage.copy_from_slice(piece);
-            let mut put = 0;
-            while put < piece.len() {
-                match self.file.write_at(&stage[put..], at + (done + put) as u64) {
-                    Ok(n) if n > 0 && n % BLOCK_LEN == 0 => put += n,
-                    Ok(n) => {
-                        let e = Error::new(ErrorKind::WriteZero, format!("short write of {n}"));
-                        return (done + put + n, Some(e));
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return (done + put, Some(e)),
-                }
+            let (n, failed) = write_blocks(&self.file, stage, at + done as u64);
+            done += n;
+            if failed.is_some() {
+                return (done, failed);
             }
-            done += piece.len();
         }
         (done, None)
     }
+}
+
+/// `pwrite` all of `data` (whole blocks, block-aligned in memory) at `at`
+/// of a direct file: how much it took, and what stopped it, if anything.
+fn write_blocks(file: &std::fs::File, data: &[u8], at: u64) -> (usize, Option<std::io::Error>) {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::FileExt;
+    let mut put = 0;
+    while put < data.len() {
+        match file.write_at(&data[put..], at + put as u64) {
+            Ok(n) if n > 0 && n % BLOCK_LEN == 0 => put += n,
+            Ok(n) => {
+                let e = Error::new(ErrorKind::WriteZero, format!("short write of {n}"));
+                return (put + n, Some(e));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return (put, Some(e)),
+        }
+    }
+    (put, None)
 }
 
 /// How much of a recording's newest bytes the page cache keeps: about two
@@ -513,167 +655,329 @@ fn sync_range(file: &std::fs::File, from: u64, to: u64, flags: libc::c_uint) {
     unsafe { libc::sync_file_range(file.as_raw_fd(), at, len, flags) };
 }
 
-/// Encoded lines on their way to the disk, and where each event line starts.
+/// Encoded lines on their way to the disk, and where each event line
+/// starts.
 #[derive(Default)]
 struct Batch {
     bytes: Vec<u8>,
+    /// Filler before the first encoded byte, so that the bytes bound for
+    /// block boundaries of the file sit at block boundaries in memory and
+    /// go to the device from here, uncopied ([`Direct::write`]).
+    pad: usize,
+    /// Where each event line starts in `bytes`.
     starts: Vec<usize>,
 }
 
-/// What a background job hands back: the disk, the written batch (for
-/// watchers), the emptied event list (to reuse), and how the write went.
-type Written = (Disk, Batch, Vec<Rec>, std::io::Result<()>);
+/// Room a batch keeps beyond [`BATCH_BYTES`] for the event that ends it,
+/// escapes and all, so that it need not move (and lose its alignment).
+const BATCH_SLACK: usize = 96 * 1024;
 
-/// The writer task. Events are gathered into one list while the previous
-/// list is encoded, written and hashed on a low-priority thread
-/// ([`crate::background`]: off the async workers that carry the sessions,
-/// and behind them for the CPU); each batch reaches the OS before its lines
-/// go to watchers.
-async fn write_all(
-    file: std::fs::File,
-    direct: Option<Direct>,
-    header: String,
-    mut rx: mpsc::Receiver<Rec>,
-    live: Fanout,
-    failed: Arc<AtomicBool>,
-) -> Summary {
-    let mut disk = Some(Disk::new(file, direct));
-    let mut seq = 0u64;
-    let mut error: Option<String> = None;
-    // Events taken from the queue, not yet handed to a background job.
-    let mut events = vec![Rec::Header(header)];
-    let mut spare = Batch::default();
-    let mut writing: Option<background::Job<Written>> = None;
-    let mut last_sync = Instant::now();
-    let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
-    let fail = |error: &mut Option<String>, e: String| {
-        tracing::error!("recording write failed: {e}");
-        error.get_or_insert(e);
-        failed.store(true, Ordering::SeqCst);
-    };
-    loop {
-        if writing.is_none() && events.is_empty() {
-            // Nothing in hand. A session gone quiet keeps no big buffers,
-            // but one that is only between two reads keeps them: freeing
-            // and growing them again every time the writer catches up cost
-            // a realloc copy and fresh zeroed pages per batch.
-            let received = if spare.bytes.capacity() > 64 * 1024 {
-                match tokio::time::timeout(QUIET, rx.recv()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        spare = Batch::default();
-                        events = Vec::new();
-                        if let Some(direct) = disk.as_mut().and_then(|d| d.direct.as_mut()) {
-                            direct.staging = Vec::new();
-                        }
-                        rx.recv().await
+impl Batch {
+    /// Empty the batch for bytes going to the file at offset `at`.
+    fn begin(&mut self, at: u64) {
+        self.bytes.clear();
+        self.starts.clear();
+        self.bytes.reserve(BATCH_BYTES + BATCH_SLACK + BLOCK_LEN);
+        let addr = self.bytes.as_ptr() as usize % BLOCK_LEN;
+        let want = usize::try_from(at % BLOCK).unwrap_or(0);
+        self.pad = (want + BLOCK_LEN - addr) % BLOCK_LEN;
+        self.bytes.resize(self.pad, 0);
+    }
+
+    /// The encoded bytes.
+    fn encoded(&self) -> &[u8] {
+        self.bytes.get(self.pad..).unwrap_or_default()
+    }
+}
+
+/// The file side of a recording, and the buffers a job swaps with the
+/// inbox, owned by whichever job is running.
+struct Writer {
+    disk: Disk,
+    data: Vec<u8>,
+    events: Vec<Ev>,
+    batch: Batch,
+    /// The number of the next event line, for watchers.
+    seq: u64,
+    /// The first write the disk refused; nothing is written after it.
+    error: Option<String>,
+}
+
+impl Writer {
+    fn new(disk: Disk) -> Writer {
+        Writer {
+            disk,
+            data: Vec::new(),
+            events: Vec::new(),
+            batch: Batch::default(),
+            seq: 0,
+            error: None,
+        }
+    }
+
+    /// Encode, write and hash the events taken from the inbox, a batch of
+    /// about [`BATCH_BYTES`] at a time (each is still in the cache when it
+    /// is hashed), and leave the buffers empty for the next swap.
+    fn write(&mut self, shared: &Shared) {
+        let Writer {
+            disk,
+            data,
+            events,
+            batch,
+            seq,
+            error,
+        } = self;
+        if error.is_none() {
+            batch.begin(disk.size);
+            let mut at = 0;
+            for ev in events.drain(..) {
+                let len = ev.len();
+                let payload = data.get(at..at + len).unwrap_or_default();
+                at += len;
+                encode(ev, payload, batch, &mut disk.out_dec, &mut disk.in_dec);
+                if batch.encoded().len() >= BATCH_BYTES {
+                    disk.flush(batch, seq, error, shared);
+                    if error.is_some() {
+                        break;
                     }
+                    batch.begin(disk.size);
                 }
-            } else {
-                rx.recv().await
-            };
-            match received {
-                Some(r) => events.push(r),
-                None => break,
+            }
+            if error.is_none() {
+                disk.flush(batch, seq, error, shared);
             }
         }
-        // The previous batch: done writing? Publish it, reuse its buffers.
-        if let Some(w) = writing.take() {
-            match w.await {
-                Ok((d, mut done, emptied, res)) => {
-                    disk = Some(d);
-                    match res {
-                        Ok(()) => {
-                            if let Some(live) = live.watched() {
-                                publish(live, &done, seq);
-                            }
-                            seq += done.starts.len() as u64;
-                        }
-                        Err(e) => fail(&mut error, e.to_string()),
-                    }
-                    done.bytes.clear();
-                    done.starts.clear();
-                    spare = done;
-                    if events.is_empty() {
-                        events = emptied;
-                    }
+        events.clear();
+        data.clear();
+    }
+}
+
+impl Disk {
+    /// Append the batch, hash it and send its lines to watchers.
+    fn flush(&mut self, batch: &Batch, seq: &mut u64, error: &mut Option<String>, shared: &Shared) {
+        let bytes = batch.encoded();
+        if bytes.is_empty() {
+            return;
+        }
+        let began = Instant::now();
+        let res = self.append(bytes);
+        crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
+        match res {
+            Ok(()) => {
+                self.hash.update(bytes);
+                self.size += bytes.len() as u64;
+                self.cache.wrote(&self.file, self.size);
+                shared.written.store(self.size, Ordering::Relaxed);
+                if let Some(live) = shared.live.watched() {
+                    publish(live, batch, *seq);
                 }
-                Err(e) => fail(&mut error, format!("recording writer: {e}")),
+                *seq += batch.starts.len() as u64;
             }
+            Err(e) => shared.fail(error, e.to_string()),
         }
-        let mut taken = 0;
-        while taken < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(r) => {
-                    taken += r.size();
-                    events.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        // Flushed to the OS every batch (survives kill -9); synced to the
-        // disk at most once a second (survives power loss), beside the
-        // writes: an fdatasync can take a few hundred ms on a busy disk.
-        if let Some(d) = disk.as_ref() {
-            let sync_done = syncing.as_ref().is_none_or(|h| h.is_finished());
-            if error.is_none() && sync_done && last_sync.elapsed() >= Duration::from_secs(1) {
-                if let Some(h) = syncing.take() {
-                    if let Ok(Err(e)) = h.await {
-                        fail(&mut error, e.to_string());
-                    }
-                }
-                if let Ok(f) = d.file.try_clone() {
-                    syncing = Some(tokio::task::spawn_blocking(move || f.sync_data()));
-                }
-                last_sync = Instant::now();
-            }
-        }
-        if events.is_empty() {
-            continue;
-        }
-        if error.is_some() {
-            events.clear();
-            continue;
-        }
-        let Some(mut d) = disk.take() else {
-            // Lost with a writer that died; already reported.
-            events.clear();
-            continue;
+    }
+}
+
+/// A job's hold on a recording, run on a low-priority thread. Dropped
+/// before it ends (its thread panicked, or no thread took it), it marks
+/// the recording lost, so that nothing waits on it.
+struct Job {
+    shared: Arc<Shared>,
+    ended: bool,
+}
+
+impl Job {
+    /// Queue a job for `shared`, whose inbox the caller has marked busy.
+    fn start(shared: &Arc<Shared>) {
+        let job = Job {
+            shared: shared.clone(),
+            ended: false,
         };
-        let mut evs = std::mem::take(&mut events);
-        let mut batch = std::mem::take(&mut spare);
-        writing = Some(background::spawn(move || {
-            for r in evs.drain(..) {
-                encode(r, &mut batch, &mut d.out_dec, &mut d.in_dec);
-            }
-            let began = Instant::now();
-            let res = d.append(&batch.bytes);
-            crate::metrics::global().record_write(began.elapsed().as_micros() as u64);
-            if res.is_ok() {
-                d.hash.update(&batch.bytes);
-                d.size += batch.bytes.len() as u64;
-                d.cache.wrote(&d.file, d.size);
-            }
-            (d, batch, evs, res)
-        }));
+        background::run(move || job.run());
     }
+
+    /// Take the inbox and write it until it is found empty; then give the
+    /// writer back and mark the inbox idle, in the one critical section, so
+    /// that an event pushed after it starts the next job.
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let _span = shared.span.enter();
+        let Some(mut w) = shared.lock().writer.take() else {
+            return;
+        };
+        loop {
+            {
+                let mut ib = shared.lock();
+                if ib.events.is_empty() {
+                    ib.writer = Some(w);
+                    ib.busy = false;
+                    let closing = ib.closing;
+                    drop(ib);
+                    self.ended = true;
+                    if closing {
+                        shared.wake.notify_one();
+                    }
+                    return;
+                }
+                std::mem::swap(&mut ib.data, &mut w.data);
+                std::mem::swap(&mut ib.events, &mut w.events);
+            }
+            shared.room.notify_waiters();
+            w.write(&shared);
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        {
+            let mut ib = self.shared.lock();
+            ib.lost = true;
+            ib.busy = false;
+            ib.writer = None;
+            ib.data = Vec::new();
+            ib.events = Vec::new();
+        }
+        self.shared.failed.store(true, Ordering::SeqCst);
+        tracing::error!(parent: &self.shared.span, "recording writer lost: the recording ends here");
+        self.shared.wake.notify_one();
+        self.shared.room.notify_waiters();
+    }
+}
+
+/// Start a job if events wait and none runs.
+fn kick(shared: &Arc<Shared>) {
+    let start = {
+        let mut ib = shared.lock();
+        ib.armed = false;
+        let start = !ib.busy && ib.writer.is_some() && !ib.events.is_empty();
+        ib.busy |= start;
+        start
+    };
+    if start {
+        Job::start(shared);
+    }
+}
+
+/// Free the buffers of a recording that has gone quiet; `false` if a job
+/// holds them.
+fn free_buffers(shared: &Shared) -> bool {
+    let mut ib = shared.lock();
+    if ib.busy || !ib.events.is_empty() {
+        return false;
+    }
+    ib.data = Vec::new();
+    ib.events = Vec::new();
+    if let Some(w) = ib.writer.as_mut() {
+        w.data = Vec::new();
+        w.events = Vec::new();
+        w.batch = Batch::default();
+        if let Some(direct) = w.disk.direct.as_mut() {
+            direct.staging = Vec::new();
+        }
+    }
+    true
+}
+
+/// The writer task: starts a job [`LINGER`] after events arrive with none
+/// running, syncs the file to the device at most once a second while it
+/// is written (beside the writes: an `fdatasync` can take a few hundred ms
+/// on a busy disk), frees the buffers after [`QUIET`], and once every
+/// handle is gone writes what is left and reports.
+async fn write_all(
+    shared: Arc<Shared>,
+    mut alive: mpsc::Receiver<()>,
+    file: Arc<std::fs::File>,
+) -> Summary {
+    use tokio::time::{sleep, sleep_until, Instant as At};
+    let mut tick = Some(At::now() + SYNC_EVERY);
+    // `written` when the last sync started, and when it was last seen to change.
+    let (mut synced, mut seen, mut changed) = (0u64, 0u64, Instant::now());
+    let mut holding = true;
+    let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
+    let mut sync_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            biased;
+            r = alive.recv() => if r.is_none() { break },
+            () = shared.wake.notified() => {
+                sleep(LINGER).await;
+                kick(&shared);
+                holding = true;
+                tick.get_or_insert_with(|| At::now() + SYNC_EVERY);
+            }
+            () = sleep_until(tick.unwrap_or_else(At::now)), if tick.is_some() => {
+                let written = shared.written.load(Ordering::Relaxed);
+                if syncing.as_ref().is_none_or(|h| h.is_finished()) {
+                    if let Some(h) = syncing.take() {
+                        if let Ok(Err(e)) = h.await {
+                            shared.fail(&mut sync_error, e.to_string());
+                        }
+                    }
+                    if written != synced && sync_error.is_none() {
+                        let f = file.clone();
+                        syncing = Some(tokio::task::spawn_blocking(move || f.sync_data()));
+                        synced = written;
+                    }
+                }
+                if written != seen {
+                    (seen, changed) = (written, Instant::now());
+                } else if holding && changed.elapsed() >= QUIET {
+                    holding = !free_buffers(&shared);
+                }
+                let more = written != synced || holding || syncing.is_some();
+                tick = more.then(|| At::now() + SYNC_EVERY);
+            }
+        }
+    }
+    // Every handle is gone, so nothing more comes: wait for the running
+    // job, then write what is left here.
+    let left = loop {
+        let ended = shared.wake.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        {
+            let mut ib = shared.lock();
+            ib.closing = true;
+            if !ib.busy {
+                let left = ib.writer.take();
+                let (data, events) = (std::mem::take(&mut ib.data), std::mem::take(&mut ib.events));
+                break left.map(|mut w| {
+                    w.data = data;
+                    w.events = events;
+                    w
+                });
+            }
+        }
+        ended.await;
+    };
     if let Some(h) = syncing.take() {
-        let _ = h.await;
+        if let Ok(Err(e)) = h.await {
+            shared.fail(&mut sync_error, e.to_string());
+        }
     }
-    let Some(d) = disk else {
+    let Some(w) = left else {
         return Summary {
             size: 0,
             blake3: None,
-            error: error.or(Some("recording writer thread lost".into())),
+            error: Some("recording writer thread lost".into()),
             direct: 0,
         };
     };
-    let (d, synced) = match tokio::task::spawn_blocking(move || {
-        let r = d.file.sync_data();
-        (d, r)
+    let last = tokio::task::spawn_blocking({
+        let shared = shared.clone();
+        move || {
+            let mut w = w;
+            w.write(&shared);
+            let synced = w.disk.file.sync_data();
+            (w, synced)
+        }
     })
-    .await
-    {
+    .await;
+    let (w, synced) = match last {
         Ok(x) => x,
         Err(e) => {
             return Summary {
@@ -684,14 +988,15 @@ async fn write_all(
             }
         }
     };
+    let mut error = w.error.or(sync_error);
     if let Err(e) = synced {
-        fail(&mut error, e.to_string());
+        shared.fail(&mut error, e.to_string());
     }
     Summary {
-        size: d.size,
-        blake3: Some(d.hash.finalize().to_hex().to_string()),
+        size: w.disk.size,
+        blake3: Some(w.disk.hash.finalize().to_hex().to_string()),
         error,
-        direct: d.direct_bytes,
+        direct: w.disk.direct_bytes,
     }
 }
 
@@ -713,7 +1018,13 @@ fn publish(live: &broadcast::Sender<Line>, batch: &Batch, seq: u64) {
 }
 
 /// Append one event's line(s) to the batch, noting where each starts.
-fn encode(rec: Rec, batch: &mut Batch, out_dec: &mut Utf8Stream, in_dec: &mut Utf8Stream) {
+fn encode(
+    ev: Ev,
+    payload: &[u8],
+    batch: &mut Batch,
+    out_dec: &mut Utf8Stream,
+    in_dec: &mut Utf8Stream,
+) {
     let (chunk, starts) = (&mut batch.bytes, &mut batch.starts);
     use base64::Engine;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
@@ -729,28 +1040,28 @@ fn encode(rec: Rec, batch: &mut Batch, out_dec: &mut Utf8Stream, in_dec: &mut Ut
         push_json_str(chunk, data);
         chunk.extend_from_slice(b"]\n");
     };
-    match rec {
-        Rec::Out(t, d) => {
-            let text = out_dec.push_cow(&d);
+    match ev {
+        Ev::Out(t, _) => {
+            let text = out_dec.push_cow(payload);
             if out_dec.replaced {
                 // Players get U+FFFD (asciicast is JSON text); the exact
                 // bytes follow in an `x` event for tools.
                 line(t, "o", &text);
-                line(t, "x", &b64(&d));
+                line(t, "x", &b64(payload));
             } else if !text.is_empty() {
                 line(t, "o", &text);
             }
         }
-        Rec::In(t, d) => {
-            let text = in_dec.push_cow(&d);
+        Ev::In(t, _) => {
+            let text = in_dec.push_cow(payload);
             if !text.is_empty() {
                 line(t, "i", &text);
             }
         }
-        Rec::Resize(t, c, r) => line(t, "r", &format!("{c}x{r}")),
-        Rec::Marker(t, label) => line(t, "m", &label),
-        Rec::Bytes(t, to_dest, d) => line(t, if to_dest { "c" } else { "s" }, &b64(&d)),
-        Rec::Header(h) => {
+        Ev::Resize(t, c, r) => line(t, "r", &format!("{c}x{r}")),
+        Ev::Marker(t, label) => line(t, "m", &label),
+        Ev::Bytes(t, to_dest, _) => line(t, if to_dest { "c" } else { "s" }, &b64(payload)),
+        Ev::Header(h) => {
             chunk.extend_from_slice(h.as_bytes());
             chunk.push(b'\n');
         }
@@ -1139,5 +1450,195 @@ mod tests {
         assert!(read(&p).unwrap_err().contains("line 2"));
         std::fs::write(&p, "not json\n").expect("w");
         assert!(read(&p).unwrap_err().contains("line 1"));
+    }
+
+    /// Two handles of one recording pushing far more than an inbox holds,
+    /// output with markers between its chunks and input beside it: every
+    /// byte lands, each handle's events in the order it pushed them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_handles_lose_nothing_and_keep_their_order_past_a_full_inbox() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (rec, done) = Recorder::start(dir.path(), "busy", 80, 24, "t".into())
+            .await
+            .expect("start");
+        let path = rec.path.clone();
+        let chunks = 3 * INBOX_MAX / 30_000;
+        let out = rec.clone();
+        let outputs = tokio::spawn(async move {
+            let mut sent = String::new();
+            for i in 0..chunks {
+                let chunk = format!("{i:06} {}\r\n", "x".repeat(30_000));
+                out.output(&Bytes::from(chunk.clone())).await;
+                sent.push_str(&chunk);
+                if i % 10 == 9 {
+                    out.marker(format!("after {i}")).await;
+                }
+            }
+            sent
+        });
+        let inp = rec.clone();
+        let inputs = tokio::spawn(async move {
+            let mut sent = String::new();
+            for i in 0..2000 {
+                let key = format!("k{i};");
+                inp.input(&Bytes::from(key.clone())).await;
+                sent.push_str(&key);
+            }
+            sent
+        });
+        let (sent_out, sent_in) = (outputs.await.expect("out"), inputs.await.expect("in"));
+        drop(rec);
+        let summary = done.await.expect("writer");
+        assert!(summary.error.is_none(), "{:?}", summary.error);
+        let (_, ev) = read(&path).expect("parses");
+        let mut got_out = String::new();
+        let mut markers = 0;
+        for e in &ev {
+            match e.kind.as_str() {
+                "o" => got_out.push_str(&e.data),
+                "m" => {
+                    // Right after the chunk it followed.
+                    let n: usize = e.data["after ".len()..].parse().expect("marker number");
+                    let last = got_out.rfind("\r\n").map_or(0, |end| {
+                        let line = got_out[..end].rsplit("\r\n").next().unwrap_or_default();
+                        line[..6].parse::<usize>().unwrap_or(usize::MAX)
+                    });
+                    assert_eq!(last, n, "marker {n} after chunk {last}");
+                    markers += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            got_out == sent_out,
+            "output differs ({} vs {} bytes)",
+            got_out.len(),
+            sent_out.len()
+        );
+        assert_eq!(markers, chunks / 10);
+        let got_in: String = ev
+            .iter()
+            .filter(|e| e.kind == "i")
+            .map(|e| e.data.as_str())
+            .collect();
+        assert_eq!(got_in, sent_in);
+        let times: Vec<f64> = ev
+            .iter()
+            .filter(|e| e.kind == "o")
+            .map(|e| e.time)
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "output times go back"
+        );
+    }
+
+    /// One keystroke's echo and nothing after it still reaches the file
+    /// (and watchers) while the session goes on.
+    #[tokio::test]
+    async fn a_lone_event_is_written_without_more_coming() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (rec, done) = Recorder::start(dir.path(), "lone", 80, 24, "t".into())
+            .await
+            .expect("start");
+        let mut feed = rec.live.subscribe();
+        rec.output(&Bytes::from_static(b"echo me")).await;
+        let line = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .expect("a watcher sees it within 5 s")
+            .expect("line");
+        assert!(line.text.contains("echo me"), "{}", line.text);
+        let text = std::fs::read_to_string(&rec.path).expect("file");
+        assert!(text.contains("\"echo me\""), "{text}");
+        drop(rec);
+        assert!(done.await.expect("writer").error.is_none());
+    }
+
+    /// A job that never ran (its thread died, or none took it) fails the
+    /// recording: sessions are not left waiting on a full inbox, and the
+    /// summary says the recording is incomplete.
+    #[tokio::test]
+    async fn a_lost_job_fails_the_recording_and_frees_its_sessions() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (rec, done) = Recorder::start(dir.path(), "lost", 80, 24, "t".into())
+            .await
+            .expect("start");
+        // Once the header is written, a job is queued and lost unrun.
+        let t0 = Instant::now();
+        while rec.shared.lock().busy {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "header job never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rec.shared.lock().busy = true;
+        drop(Job {
+            shared: rec.shared.clone(),
+            ended: false,
+        });
+        assert!(rec.has_failed());
+        let chunk = Bytes::from(vec![b'z'; 64 * 1024]);
+        let pushed = tokio::time::timeout(Duration::from_secs(10), async {
+            for _ in 0..2 * INBOX_MAX / chunk.len() {
+                rec.output(&chunk).await;
+            }
+        })
+        .await;
+        assert!(pushed.is_ok(), "a session waited on a lost recording");
+        drop(rec);
+        let summary = done.await.expect("writer");
+        assert!(
+            summary.error.as_deref().is_some_and(|e| e.contains("lost")),
+            "{:?}",
+            summary.error
+        );
+    }
+
+    /// A batch begun for any file offset puts the file's block boundaries
+    /// at block-aligned addresses, so its blocks go to the device as they
+    /// are: the staging buffer is never made.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn batches_laid_out_for_direct_writes_go_uncopied() {
+        let near = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(near).expect("target/ exists");
+        let dir = tempfile::tempdir_in(near).expect("tmp under target/");
+        let (mut d, path) = disk_in(dir.path(), Direct::open);
+        let took_direct = d.direct.is_some();
+        let mut all = Vec::new();
+        let mut batch = Batch::default();
+        for (i, &n) in SIZES.iter().chain(&[100_000, 7]).enumerate() {
+            batch.begin(d.size);
+            let head = usize::try_from((BLOCK - d.size % BLOCK) % BLOCK).expect("small");
+            let data: Vec<u8> = (0..n).map(|k| b'A' + ((i * 3 + k) % 26) as u8).collect();
+            batch.bytes.extend_from_slice(&data);
+            if let Some(first_block) = batch.encoded().get(head..) {
+                if first_block.len() >= BLOCK_LEN {
+                    assert_eq!(
+                        first_block.as_ptr().align_offset(BLOCK_LEN),
+                        0,
+                        "offset {}",
+                        d.size
+                    );
+                }
+            }
+            d.append(batch.encoded()).expect("append");
+            d.size += n as u64;
+            all.extend_from_slice(&data);
+        }
+        assert_eq!(std::fs::read(&path).expect("read"), all);
+        if took_direct {
+            assert!(
+                d.direct.as_ref().is_some_and(|x| x.staging.is_empty()),
+                "copied through staging"
+            );
+            assert!(
+                d.direct_bytes * 10 >= all.len() as u64 * 9,
+                "{} of {} direct",
+                d.direct_bytes,
+                all.len()
+            );
+        }
     }
 }
