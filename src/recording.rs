@@ -36,8 +36,13 @@ pub const UNRECORDED: bool = cfg!(feature = "bench-recording-off");
 /// Live fan-out depth; a watcher further behind than this skips ahead.
 const FANOUT: usize = 128;
 
-/// Raw bytes in an inbox that make the session start a job itself.
-const BATCH_BYTES: usize = 256 * 1024;
+/// Raw bytes in an inbox that make the session start a job itself, and
+/// about the most a job encodes before it writes. Each direct write is a
+/// request to the device, and in this VM a request's doorbell
+/// (`iowrite16`, a VM exit) was the recording threads' dearest kernel
+/// symbol: 1 MiB batches against 256 KiB took bulk output 190 → 233 MiB/s
+/// (docs/BENCHMARKS.md).
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Raw bytes an inbox takes before its sessions wait for the job.
 const INBOX_MAX: usize = 2 << 20;
@@ -45,7 +50,7 @@ const INBOX_MAX: usize = 2 << 20;
 /// How long the first event after the job went idle waits for company
 /// before the writer task starts a job for it: the most a live watcher or
 /// a `kill -9` waits on the inbox.
-const LINGER: Duration = Duration::from_millis(4);
+const LINGER: Duration = Duration::from_millis(8);
 
 /// How long a recording waits with nothing written before it frees its
 /// buffers (a session between two reads keeps them: freeing and growing
