@@ -678,11 +678,14 @@ struct Batch {
 const BATCH_SLACK: usize = 96 * 1024;
 
 impl Batch {
-    /// Empty the batch for bytes going to the file at offset `at`.
-    fn begin(&mut self, at: u64) {
+    /// Empty the batch for bytes going to the file at offset `at`, with
+    /// room for about `raw` bytes of events (a recording that only ever
+    /// writes its header and a few keystrokes keeps a small buffer).
+    fn begin(&mut self, at: u64, raw: usize) {
         self.bytes.clear();
         self.starts.clear();
-        self.bytes.reserve(BATCH_BYTES + BATCH_SLACK + BLOCK_LEN);
+        let room = raw.saturating_add(raw / 4).min(BATCH_BYTES) + BATCH_SLACK.min(raw);
+        self.bytes.reserve(room + BLOCK_LEN);
         let addr = self.bytes.as_ptr() as usize % BLOCK_LEN;
         let want = usize::try_from(at % BLOCK).unwrap_or(0);
         self.pad = (want + BLOCK_LEN - addr) % BLOCK_LEN;
@@ -733,7 +736,7 @@ impl Writer {
             error,
         } = self;
         if error.is_none() {
-            batch.begin(disk.size);
+            batch.begin(disk.size, data.len());
             let mut at = 0;
             for ev in events.drain(..) {
                 let len = ev.len();
@@ -745,7 +748,7 @@ impl Writer {
                     if error.is_some() {
                         break;
                     }
-                    batch.begin(disk.size);
+                    batch.begin(disk.size, data.len() - at);
                 }
             }
             if error.is_none() {
@@ -1033,28 +1036,55 @@ fn encode(
     let (chunk, starts) = (&mut batch.bytes, &mut batch.starts);
     use base64::Engine;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-    let mut line = |t: f64, kind: &str, data: &str| {
+    // `[t, "kind", "`, as serde_json writes a tuple (a finite f64 always
+    // serialises); the string and `"]` follow.
+    let open = |chunk: &mut Vec<u8>, starts: &mut Vec<usize>, t: f64, kind: &str| {
         starts.push(chunk.len());
-        // `[t, "kind", "data"]`, as serde_json writes a tuple (a finite f64
-        // always serialises).
         chunk.push(b'[');
         let _ = serde_json::to_writer(&mut *chunk, &round(t));
         chunk.extend_from_slice(b",\"");
         chunk.extend_from_slice(kind.as_bytes());
-        chunk.extend_from_slice(b"\",");
-        push_json_str(chunk, data);
-        chunk.extend_from_slice(b"]\n");
+        chunk.extend_from_slice(b"\",\"");
+    };
+    let mut line = |t: f64, kind: &str, data: &str| {
+        open(chunk, starts, t, kind);
+        escape(chunk, data.as_bytes(), false);
+        chunk.extend_from_slice(b"\"]\n");
     };
     match ev {
         Ev::Out(t, _) => {
-            let text = out_dec.push_cow(payload);
+            // Escaped straight from the payload while it is ASCII (most
+            // output: one pass over it, not a UTF-8 check and then the
+            // escaper); from its first other byte on, decoded first.
+            let (end, lines) = (chunk.len(), starts.len());
+            open(chunk, starts, t, "o");
+            let body = chunk.len();
+            let ascii = if out_dec.carry.is_empty() {
+                escape(chunk, payload, true)
+            } else {
+                0
+            };
+            out_dec.replaced = false;
+            if let Some(rest) = payload.get(ascii..).filter(|r| !r.is_empty()) {
+                let text = out_dec.push_cow(rest);
+                escape(chunk, text.as_bytes(), false);
+            }
+            if chunk.len() == body {
+                // Nothing to show yet (a character split across chunks).
+                chunk.truncate(end);
+                starts.truncate(lines);
+            } else {
+                chunk.extend_from_slice(b"\"]\n");
+            }
             if out_dec.replaced {
                 // Players get U+FFFD (asciicast is JSON text); the exact
                 // bytes follow in an `x` event for tools.
-                line(t, "o", &text);
+                let mut line = |t: f64, kind: &str, data: &str| {
+                    open(chunk, starts, t, kind);
+                    escape(chunk, data.as_bytes(), false);
+                    chunk.extend_from_slice(b"\"]\n");
+                };
                 line(t, "x", &b64(payload));
-            } else if !text.is_empty() {
-                line(t, "o", &text);
             }
         }
         Ev::In(t, _) => {
@@ -1082,23 +1112,34 @@ fn encode(
 /// time, the run is copied whole, and the escape written inline
 /// (`benches/recording_cost.rs` measures it against serde_json).
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut rest = s.as_bytes();
-    out.reserve(rest.len() + 2);
+    out.reserve(s.len() + 2);
     out.push(b'"');
+    escape(out, s.as_bytes(), false);
+    out.push(b'"');
+}
+
+/// Append `b` escaped as the inside of a JSON string, up to its end or,
+/// with `ascii`, up to its first byte above 0x7f: how many bytes it took.
+/// (`b` must be UTF-8 where it is not stopped at such a byte.)
+fn escape(out: &mut Vec<u8>, b: &[u8], ascii: bool) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut rest = b;
     loop {
         // Escapes come in runs (`\r\n`, `\u001b[`): look at the next byte
         // before scanning.
         let at = if rest.first().copied().is_some_and(needs_escape) {
             0
         } else {
-            next_special(rest)
+            next_special(rest, ascii)
         };
         let Some((&c, after)) = rest.get(at..).and_then(<[u8]>::split_first) else {
             out.extend_from_slice(rest);
-            break;
+            return b.len();
         };
         out.extend_from_slice(&rest[..at]);
+        if c > 0x7f {
+            return b.len() - rest.len() + at;
+        }
         // The letter after the backslash, or 0 for a `\u00XX` escape.
         let short = match c {
             b'"' => b'"',
@@ -1118,7 +1159,6 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
         }
         rest = after;
     }
-    out.push(b'"');
 }
 
 /// Whether JSON needs `c` escaped: `"`, `\` and the C0 controls.
@@ -1126,21 +1166,25 @@ fn needs_escape(c: u8) -> bool {
     c < 0x20 || c == b'"' || c == b'\\'
 }
 
-/// Where the first byte of `b` that needs escaping is, or `b.len()`.
+/// Where the first byte of `b` that needs escaping (or, with `ascii`, is
+/// above 0x7f) is, or `b.len()`.
 ///
 /// Sixteen bytes at a time as two words whose flag bits are set where a
 /// byte is below 0x20, `"` or `\`. A flag can also be set wrongly above a
 /// rightly flagged byte (a borrow carries upward), never below one, so the
 /// lowest flag is always right and it is the only one used.
-fn next_special(b: &[u8]) -> usize {
+fn next_special(b: &[u8], ascii: bool) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
+    // Bytes above 0x7f have their own bit set: an exact flag.
+    let high = if ascii { HI } else { 0 };
     let flags = |w: &[u8]| {
         let mut a = [0u8; 8];
         a.copy_from_slice(w);
         let w = u64::from_le_bytes(a);
-        (w.wrapping_sub(LO * 0x20) & !w & HI)
+        (w & high)
+            | (w.wrapping_sub(LO * 0x20) & !w & HI)
             | zero(w ^ (LO * u64::from(b'"')))
             | zero(w ^ (LO * u64::from(b'\\')))
     };
@@ -1162,7 +1206,7 @@ fn next_special(b: &[u8]) -> usize {
     let tail = blocks.remainder();
     at + tail
         .iter()
-        .position(|&c| needs_escape(c))
+        .position(|&c| needs_escape(c) || (ascii && c > 0x7f))
         .unwrap_or(tail.len())
 }
 
@@ -1270,6 +1314,77 @@ mod tests {
         #[test]
         fn json_strings_match_serde_json_for_any_text(s in "\\PC*|[\\x00-\\x7f]*") {
             proptest::prop_assert_eq!(json(&s), serde_json::to_string(&s).expect("serde_json"));
+        }
+    }
+
+    /// Output lines as the recorder wrote them before its ASCII fast path:
+    /// each chunk decoded whole, then escaped by serde_json.
+    fn out_lines_the_slow_way(chunks: &[Vec<u8>]) -> Vec<u8> {
+        use base64::Engine;
+        let mut dec = Utf8Stream::default();
+        let mut out = Vec::new();
+        let line = |out: &mut Vec<u8>, kind: &str, data: &str| {
+            let data = serde_json::to_string(data).expect("serde_json");
+            out.extend_from_slice(format!("[0.5,\"{kind}\",{data}]\n").as_bytes());
+        };
+        for c in chunks {
+            let text = dec.push(c);
+            if dec.replaced {
+                line(&mut out, "o", &text);
+                let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+                line(&mut out, "x", &b64);
+            } else if !text.is_empty() {
+                line(&mut out, "o", &text);
+            }
+        }
+        out
+    }
+
+    fn out_lines(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut batch = Batch::default();
+        let (mut o, mut i) = (Utf8Stream::default(), Utf8Stream::default());
+        for c in chunks {
+            encode(Ev::Out(0.5, c.len()), c, &mut batch, &mut o, &mut i);
+        }
+        batch.bytes
+    }
+
+    fn bytes_near_the_edges() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let byte = prop_oneof![
+            0u8..0x80,
+            0x80u8..=0xff,
+            Just(b'"'),
+            Just(b'\\'),
+            Just(0x1b),
+            Just(0xe2),
+        ];
+        proptest::collection::vec(byte, 0..40)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn output_lines_match_decoding_then_escaping_for_any_bytes(
+            chunks in proptest::collection::vec(bytes_near_the_edges(), 0..8)
+        ) {
+            proptest::prop_assert_eq!(out_lines(&chunks), out_lines_the_slow_way(&chunks));
+        }
+
+        #[test]
+        fn output_lines_match_for_text_cut_anywhere(
+            s in "\\PC{0,60}",
+            cuts in proptest::collection::vec(0usize..80, 0..5),
+        ) {
+            let b = s.as_bytes();
+            let mut at: Vec<usize> = cuts.into_iter().map(|c| c.min(b.len())).collect();
+            at.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for &c in at.iter().chain([b.len()].iter()) {
+                chunks.push(b[from..c].to_vec());
+                from = c;
+            }
+            proptest::prop_assert_eq!(out_lines(&chunks), out_lines_the_slow_way(&chunks));
         }
     }
 
@@ -1614,7 +1729,7 @@ mod tests {
         let mut all = Vec::new();
         let mut batch = Batch::default();
         for (i, &n) in SIZES.iter().chain(&[100_000, 7]).enumerate() {
-            batch.begin(d.size);
+            batch.begin(d.size, n);
             let head = usize::try_from((BLOCK - d.size % BLOCK) % BLOCK).expect("small");
             let data: Vec<u8> = (0..n).map(|k| b'A' + ((i * 3 + k) % 26) as u8).collect();
             batch.bytes.extend_from_slice(&data);
