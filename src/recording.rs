@@ -75,6 +75,16 @@ enum Ev {
 }
 
 impl Ev {
+    /// What the event holds in the inbox: its payload, its own size and
+    /// any string it owns.
+    fn held(&self) -> usize {
+        let owned = match self {
+            Ev::Marker(_, s) | Ev::Header(s) => s.len(),
+            _ => 0,
+        };
+        self.len() + owned + std::mem::size_of::<Ev>()
+    }
+
     /// How many bytes of the inbox's data are this event's.
     fn len(&self) -> usize {
         match self {
@@ -119,6 +129,10 @@ struct Inbox {
     /// The events' payloads, back to back.
     data: Vec<u8>,
     events: Vec<Ev>,
+    /// What the events hold, payloads and all (what [`INBOX_MAX`] and
+    /// [`BATCH_BYTES`] count: a flood of resizes or markers fills the
+    /// inbox as surely as output does).
+    held: usize,
     /// A job holds the writer (queued or running) and will take what
     /// arrives before it ends.
     busy: bool,
@@ -309,24 +323,28 @@ impl Recorder {
                 // Nothing takes the inbox any more; already reported.
                 return true;
             }
-            if ib.data.len() >= INBOX_MAX {
+            if ib.held >= INBOX_MAX {
                 return false;
             }
             let Some(e) = ev.take() else { return true };
+            ib.held += e.held();
             ib.data.extend_from_slice(payload);
             ib.events.push(e);
             if ib.busy || ib.writer.is_none() {
                 (false, false)
-            } else if ib.data.len() >= BATCH_BYTES {
+            } else if ib.held >= BATCH_BYTES {
                 ib.busy = true;
-                (true, false)
+                // The writer task is told too, once, so that it syncs the
+                // file while this goes on.
+                (true, !std::mem::replace(&mut ib.armed, true))
             } else {
                 (false, !std::mem::replace(&mut ib.armed, true))
             }
         };
         if start {
             Job::start(shared);
-        } else if wake {
+        }
+        if wake {
             shared.wake.notify_one();
         }
         true
@@ -804,34 +822,38 @@ impl Job {
         background::run(move || job.run());
     }
 
-    /// Take the inbox and write it until it is found empty; then give the
-    /// writer back and mark the inbox idle, in the one critical section, so
-    /// that an event pushed after it starts the next job.
+    /// Take the inbox and write it. If more came meanwhile, queue the
+    /// next job behind the other recordings' (one job per batch: a
+    /// recording that never goes quiet must not keep a thread from the
+    /// others); if not, give the writer back and mark the inbox idle, in
+    /// the one critical section, so that an event pushed after it starts
+    /// the next job.
     fn run(mut self) {
         let shared = self.shared.clone();
         let _span = shared.span.enter();
         let Some(mut w) = shared.lock().writer.take() else {
             return;
         };
-        loop {
-            {
-                let mut ib = shared.lock();
-                if ib.events.is_empty() {
-                    ib.writer = Some(w);
-                    ib.busy = false;
-                    let closing = ib.closing;
-                    drop(ib);
-                    self.ended = true;
-                    if closing {
-                        shared.wake.notify_one();
-                    }
-                    return;
-                }
-                std::mem::swap(&mut ib.data, &mut w.data);
-                std::mem::swap(&mut ib.events, &mut w.events);
-            }
-            shared.room.notify_waiters();
-            w.write(&shared);
+        {
+            let mut ib = shared.lock();
+            std::mem::swap(&mut ib.data, &mut w.data);
+            std::mem::swap(&mut ib.events, &mut w.events);
+            ib.held = 0;
+        }
+        shared.room.notify_waiters();
+        w.write(&shared);
+        let (more, closing) = {
+            let mut ib = shared.lock();
+            ib.writer = Some(w);
+            let more = !ib.events.is_empty();
+            ib.busy = more;
+            (more, ib.closing)
+        };
+        self.ended = true;
+        if more {
+            Job::start(&shared);
+        } else if closing {
+            shared.wake.notify_one();
         }
     }
 }
@@ -845,6 +867,7 @@ impl Drop for Job {
             let mut ib = self.shared.lock();
             ib.lost = true;
             ib.busy = false;
+            ib.held = 0;
             ib.writer = None;
             ib.data = Vec::new();
             ib.events = Vec::new();
@@ -953,6 +976,7 @@ async fn write_all(
             if !ib.busy {
                 let left = ib.writer.take();
                 let (data, events) = (std::mem::take(&mut ib.data), std::mem::take(&mut ib.events));
+                ib.held = 0;
                 break left.map(|mut w| {
                     w.data = data;
                     w.events = events;
@@ -1760,5 +1784,96 @@ mod tests {
                 all.len()
             );
         }
+    }
+
+    /// Wait for a recording's header job to end.
+    async fn settled(rec: &Recorder) {
+        let t0 = Instant::now();
+        while rec.shared.lock().busy {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "header job never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Recordings that never go quiet take turns on the recording
+    /// threads with the others: a new session's output is written while
+    /// more of them stream than there are threads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streaming_recordings_leave_the_threads_to_others_in_turn() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 8));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut streams = Vec::new();
+        for i in 0..threads + 1 {
+            let (rec, done) = Recorder::start(dir.path(), &format!("s{i}"), 80, 24, "t".into())
+                .await
+                .expect("start");
+            let stop = stop.clone();
+            streams.push(tokio::spawn(async move {
+                let chunk = Bytes::from("a line of streaming output\n".repeat(1200));
+                while !stop.load(Ordering::Relaxed) {
+                    rec.output(&chunk).await;
+                }
+                drop(rec);
+                done.await.expect("writer")
+            }));
+        }
+        // Let the streams fill their inboxes and take the threads.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rec, done) = Recorder::start(dir.path(), "late", 80, 24, "t".into())
+            .await
+            .expect("start");
+        let mut feed = rec.live.subscribe();
+        rec.output(&Bytes::from_static(b"still heard")).await;
+        let seen = tokio::time::timeout(Duration::from_secs(10), feed.recv()).await;
+        stop.store(true, Ordering::Relaxed);
+        for s in streams {
+            assert!(s.await.expect("stream").error.is_none());
+        }
+        let line = seen
+            .expect("written while the others streamed")
+            .expect("line");
+        assert!(line.text.contains("still heard"), "{}", line.text);
+        drop(rec);
+        assert!(done.await.expect("writer").error.is_none());
+    }
+
+    /// Events without payload count against the inbox too: a client
+    /// flooding window changes waits on a full inbox like one flooding
+    /// output, and loses none of them.
+    #[tokio::test]
+    async fn a_flood_of_resizes_fills_the_inbox_and_waits() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (rec, done) = Recorder::start(dir.path(), "flood", 80, 24, "t".into())
+            .await
+            .expect("start");
+        settled(&rec).await;
+        // No job takes the inbox while it is marked busy with none queued.
+        rec.shared.lock().busy = true;
+        let room = INBOX_MAX / std::mem::size_of::<Ev>();
+        let flooder = rec.clone();
+        let flood = tokio::spawn(async move {
+            for i in 0..2 * room as u32 {
+                flooder.resize(80 + i % 7, 24).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = rec.shared.lock().events.len();
+        assert!(!flood.is_finished(), "the flood never waited");
+        assert!(held <= room + 1, "{held} events held, room for {room}");
+        Job::start(&rec.shared);
+        tokio::time::timeout(Duration::from_secs(10), flood)
+            .await
+            .expect("the flood went on once the inbox was taken")
+            .expect("flood task");
+        drop(rec);
+        let path = dir.path().join("flood.cast");
+        let summary = done.await.expect("writer");
+        assert!(summary.error.is_none(), "{:?}", summary.error);
+        let (_, ev) = read(&path).expect("parses");
+        assert_eq!(ev.iter().filter(|e| e.kind == "r").count(), 2 * room);
     }
 }
