@@ -14,6 +14,7 @@
 //! The threads are not tokio's blocking pool because a thread cannot raise
 //! its priority back without privilege: they are kept for this work only.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 
@@ -26,6 +27,15 @@ type Task = Box<dyn FnOnce() + Send>;
 
 /// The work queue, made with its threads by the first job.
 static QUEUE: OnceLock<mpsc::Sender<Task>> = OnceLock::new();
+
+/// Jobs queued that no thread has taken yet.
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many queued jobs wait for a thread: a job that could go on with
+/// more work yields its thread when this is not 0.
+pub fn waiting() -> usize {
+    WAITING.load(Ordering::Relaxed)
+}
 
 /// A job's result, once a background thread has run it. It resolves to
 /// an error when the job was lost (its thread panicked running it).
@@ -47,7 +57,10 @@ pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Job<T
 /// unrun, so `f` should own a guard that reports that (as
 /// [`crate::recording`]'s does).
 pub fn run(f: impl FnOnce() + Send + 'static) {
-    let _ = queue().send(Box::new(f));
+    WAITING.fetch_add(1, Ordering::Relaxed);
+    if queue().send(Box::new(f)).is_err() {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn queue() -> &'static mpsc::Sender<Task> {
@@ -77,6 +90,7 @@ fn worker(rx: &Mutex<mpsc::Receiver<Task>>) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
+        WAITING.fetch_sub(1, Ordering::Relaxed);
         // A panicking job drops its result sender: its caller sees an error,
         // and this thread lives on for the next job.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));

@@ -822,38 +822,43 @@ impl Job {
         background::run(move || job.run());
     }
 
-    /// Take the inbox and write it. If more came meanwhile, queue the
-    /// next job behind the other recordings' (one job per batch: a
-    /// recording that never goes quiet must not keep a thread from the
-    /// others); if not, give the writer back and mark the inbox idle, in
-    /// the one critical section, so that an event pushed after it starts
-    /// the next job.
+    /// Take the inbox and write it, and again while more comes and no
+    /// other job waits for a thread. When one does, queue the next batch
+    /// behind it (a recording that never goes quiet must not keep a thread
+    /// from the others); when nothing more came, give the writer back and
+    /// mark the inbox idle, in the one critical section, so that an event
+    /// pushed after it starts the next job.
     fn run(mut self) {
         let shared = self.shared.clone();
         let _span = shared.span.enter();
         let Some(mut w) = shared.lock().writer.take() else {
             return;
         };
-        {
+        loop {
+            {
+                let mut ib = shared.lock();
+                std::mem::swap(&mut ib.data, &mut w.data);
+                std::mem::swap(&mut ib.events, &mut w.events);
+                ib.held = 0;
+            }
+            shared.room.notify_waiters();
+            w.write(&shared);
             let mut ib = shared.lock();
-            std::mem::swap(&mut ib.data, &mut w.data);
-            std::mem::swap(&mut ib.events, &mut w.events);
-            ib.held = 0;
-        }
-        shared.room.notify_waiters();
-        w.write(&shared);
-        let (more, closing) = {
-            let mut ib = shared.lock();
-            ib.writer = Some(w);
             let more = !ib.events.is_empty();
+            if more && background::waiting() == 0 {
+                continue;
+            }
+            ib.writer = Some(w);
             ib.busy = more;
-            (more, ib.closing)
-        };
-        self.ended = true;
-        if more {
-            Job::start(&shared);
-        } else if closing {
-            shared.wake.notify_one();
+            let closing = ib.closing;
+            drop(ib);
+            self.ended = true;
+            if more {
+                Job::start(&shared);
+            } else if closing {
+                shared.wake.notify_one();
+            }
+            return;
         }
     }
 }
