@@ -1606,10 +1606,7 @@ mod tests {
     /// byte lands, each handle's events in the order it pushed them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_handles_lose_nothing_and_keep_their_order_past_a_full_inbox() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (rec, done) = Recorder::start(dir.path(), "busy", 80, 24, "t".into())
-            .await
-            .expect("start");
+        let (_dir, rec, done) = new_recording("busy").await;
         let path = rec.path.clone();
         let chunks = 3 * INBOX_MAX / 30_000;
         let out = rec.clone();
@@ -1686,10 +1683,7 @@ mod tests {
     /// (and watchers) while the session goes on.
     #[tokio::test]
     async fn a_lone_event_is_written_without_more_coming() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (rec, done) = Recorder::start(dir.path(), "lone", 80, 24, "t".into())
-            .await
-            .expect("start");
+        let (_dir, rec, done) = new_recording("lone").await;
         let mut feed = rec.live.subscribe();
         rec.output(&Bytes::from_static(b"echo me")).await;
         let line = tokio::time::timeout(Duration::from_secs(5), feed.recv())
@@ -1708,19 +1702,9 @@ mod tests {
     /// summary says the recording is incomplete.
     #[tokio::test]
     async fn a_lost_job_fails_the_recording_and_frees_its_sessions() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (rec, done) = Recorder::start(dir.path(), "lost", 80, 24, "t".into())
-            .await
-            .expect("start");
+        let (_dir, rec, done) = new_recording("lost").await;
         // Once the header is written, a job is queued and lost unrun.
-        let t0 = Instant::now();
-        while rec.shared.lock().busy {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "header job never ended"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        settled(&rec).await;
         rec.shared.lock().busy = true;
         drop(Job {
             shared: rec.shared.clone(),
@@ -1791,6 +1775,21 @@ mod tests {
         }
     }
 
+    /// A new recording named `id` in a folder of its own.
+    async fn new_recording(
+        id: &str,
+    ) -> (
+        tempfile::TempDir,
+        Recorder,
+        tokio::task::JoinHandle<Summary>,
+    ) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (rec, done) = Recorder::start(dir.path(), id, 80, 24, "t".into())
+            .await
+            .expect("start");
+        (dir, rec, done)
+    }
+
     /// Wait for a recording's header job to end.
     async fn settled(rec: &Recorder) {
         let t0 = Instant::now();
@@ -1851,10 +1850,7 @@ mod tests {
     /// output, and loses none of them.
     #[tokio::test]
     async fn a_flood_of_resizes_fills_the_inbox_and_waits() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let (rec, done) = Recorder::start(dir.path(), "flood", 80, 24, "t".into())
-            .await
-            .expect("start");
+        let (dir, rec, done) = new_recording("flood").await;
         settled(&rec).await;
         // No job takes the inbox while it is marked busy with none queued.
         rec.shared.lock().busy = true;
