@@ -37,24 +37,9 @@ pub fn waiting() -> usize {
     WAITING.load(Ordering::Relaxed)
 }
 
-/// A job's result, once a background thread has run it. It resolves to
-/// an error when the job was lost (its thread panicked running it).
-pub type Job<T> = tokio::sync::oneshot::Receiver<T>;
-
-/// Queue `f` for a low-priority thread.
-pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // A queue that cannot take the job (no thread started) drops it, and
-    // with it the sender: the caller sees the job lost.
-    run(move || {
-        let _ = tx.send(f());
-    });
-    rx
-}
-
-/// Queue `f` for a low-priority thread, with nobody waiting for it: `f`
-/// says itself when it is done. A job the queue cannot take is dropped
-/// unrun, so `f` should own a guard that reports that (as
+/// Queue `f` for a low-priority thread. Nobody waits for it: `f` says
+/// itself when it is done. A job the queue cannot take, or that panics, is
+/// dropped, so `f` should own a guard that reports that (as
 /// [`crate::recording`]'s does).
 pub fn run(f: impl FnOnce() + Send + 'static) {
     WAITING.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +76,7 @@ fn worker(rx: &Mutex<mpsc::Receiver<Task>>) {
         };
         let Ok(job) = job else { return };
         WAITING.fetch_sub(1, Ordering::Relaxed);
-        // A panicking job drops its result sender: its caller sees an error,
+        // A panicking job is dropped (and with it whatever guard it owns),
         // and this thread lives on for the next job.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
     }
@@ -114,6 +99,18 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `f` on a background thread, its result awaited; an error when the
+    /// job was lost (it panicked).
+    fn spawn<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        run(move || {
+            let _ = tx.send(f());
+        });
+        rx
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]

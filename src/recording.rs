@@ -918,6 +918,29 @@ fn free_buffers(shared: &Shared) -> bool {
     true
 }
 
+/// Wait for the sync in flight, if any; a refused one fails the recording.
+async fn synced_ok(
+    shared: &Shared,
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    error: &mut Option<String>,
+) {
+    if let Some(h) = syncing {
+        if let Ok(Err(e)) = h.await {
+            shared.fail(error, e.to_string());
+        }
+    }
+}
+
+impl Summary {
+    /// A recording whose writer was lost: no size or digest to report.
+    fn lost(error: String) -> Summary {
+        Summary {
+            error: Some(error),
+            ..Summary::default()
+        }
+    }
+}
+
 /// The writer task: starts a job [`LINGER`] after events arrive with none
 /// running, syncs the file to the device at most once a second while it
 /// is written (beside the writes: an `fdatasync` can take a few hundred ms
@@ -948,11 +971,7 @@ async fn write_all(
             () = sleep_until(tick.unwrap_or_else(At::now)), if tick.is_some() => {
                 let written = shared.written.load(Ordering::Relaxed);
                 if syncing.as_ref().is_none_or(|h| h.is_finished()) {
-                    if let Some(h) = syncing.take() {
-                        if let Ok(Err(e)) = h.await {
-                            shared.fail(&mut sync_error, e.to_string());
-                        }
-                    }
+                    synced_ok(&shared, syncing.take(), &mut sync_error).await;
                     if written != synced && sync_error.is_none() {
                         let f = file.clone();
                         syncing = Some(tokio::task::spawn_blocking(move || f.sync_data()));
@@ -991,18 +1010,9 @@ async fn write_all(
         }
         ended.await;
     };
-    if let Some(h) = syncing.take() {
-        if let Ok(Err(e)) = h.await {
-            shared.fail(&mut sync_error, e.to_string());
-        }
-    }
+    synced_ok(&shared, syncing.take(), &mut sync_error).await;
     let Some(w) = left else {
-        return Summary {
-            size: 0,
-            blake3: None,
-            error: Some("recording writer thread lost".into()),
-            direct: 0,
-        };
+        return Summary::lost("recording writer thread lost".into());
     };
     let last = tokio::task::spawn_blocking({
         let shared = shared.clone();
@@ -1016,14 +1026,7 @@ async fn write_all(
     .await;
     let (w, synced) = match last {
         Ok(x) => x,
-        Err(e) => {
-            return Summary {
-                size: 0,
-                blake3: None,
-                error: Some(format!("recording writer thread: {e}")),
-                direct: 0,
-            }
-        }
+        Err(e) => return Summary::lost(format!("recording writer thread: {e}")),
     };
     let mut error = w.error.or(sync_error);
     if let Err(e) = synced {
@@ -1075,7 +1078,7 @@ fn encode(
         chunk.extend_from_slice(kind.as_bytes());
         chunk.extend_from_slice(b"\",\"");
     };
-    let mut line = |t: f64, kind: &str, data: &str| {
+    let line = |chunk: &mut Vec<u8>, starts: &mut Vec<usize>, t: f64, kind: &str, data: &str| {
         open(chunk, starts, t, kind);
         escape(chunk, data.as_bytes(), false);
         chunk.extend_from_slice(b"\"]\n");
@@ -1108,23 +1111,21 @@ fn encode(
             if out_dec.replaced {
                 // Players get U+FFFD (asciicast is JSON text); the exact
                 // bytes follow in an `x` event for tools.
-                let mut line = |t: f64, kind: &str, data: &str| {
-                    open(chunk, starts, t, kind);
-                    escape(chunk, data.as_bytes(), false);
-                    chunk.extend_from_slice(b"\"]\n");
-                };
-                line(t, "x", &b64(payload));
+                line(chunk, starts, t, "x", &b64(payload));
             }
         }
         Ev::In(t, _) => {
             let text = in_dec.push_cow(payload);
             if !text.is_empty() {
-                line(t, "i", &text);
+                line(chunk, starts, t, "i", &text);
             }
         }
-        Ev::Resize(t, c, r) => line(t, "r", &format!("{c}x{r}")),
-        Ev::Marker(t, label) => line(t, "m", &label),
-        Ev::Bytes(t, to_dest, _) => line(t, if to_dest { "c" } else { "s" }, &b64(payload)),
+        Ev::Resize(t, c, r) => line(chunk, starts, t, "r", &format!("{c}x{r}")),
+        Ev::Marker(t, label) => line(chunk, starts, t, "m", &label),
+        Ev::Bytes(t, to_dest, _) => {
+            let kind = if to_dest { "c" } else { "s" };
+            line(chunk, starts, t, kind, &b64(payload));
+        }
         Ev::Header(h) => {
             chunk.extend_from_slice(h.as_bytes());
             chunk.push(b'\n');
