@@ -29,6 +29,8 @@ pub struct Metrics {
     pub record_writes: AtomicU64,
     pub record_write_micros: AtomicU64,
     pub record_write_max_micros: AtomicU64,
+    /// Time sessions waited for their recordings to take their bytes.
+    pub record_wait_micros: AtomicU64,
 }
 
 /// The metrics of this process.
@@ -148,6 +150,10 @@ impl Metrics {
         let max = g(&self.record_write_max_micros) as f64 / 1e6;
         s.push_str(&format!(
             "# HELP postern_recording_write_seconds_max Slowest recording batch write.\n# TYPE postern_recording_write_seconds_max gauge\npostern_recording_write_seconds_max {max}\n"
+        ));
+        let wait = g(&self.record_wait_micros) as f64 / 1e6;
+        s.push_str(&format!(
+            "# HELP postern_recording_wait_seconds_total Time sessions waited for their recordings to take their bytes (a recording slower than its session).\n# TYPE postern_recording_wait_seconds_total counter\npostern_recording_wait_seconds_total {wait}\n"
         ));
         s
     }

@@ -299,6 +299,9 @@ impl SessionLog {
         if let Some(w) = self.writer.take() {
             match w.await {
                 Ok(s) => {
+                    if !s.waited.is_zero() {
+                        tracing::info!(session = %self.rec.id, "the recording slowed the session: it waited {} ms in all for the recording to take its bytes", s.waited.as_millis());
+                    }
                     self.rec.size = s.size;
                     self.rec.blake3 = s.blake3;
                     if let Some(e) = s.error {
