@@ -66,8 +66,8 @@ pub fn run(f: impl FnOnce() + Send + 'static) {
     WORK.run(Box::new(f));
 }
 
-/// Queue `f`, a write that waits only on the disk, for a low-priority
-/// thread of its own kind; as [`run`] otherwise.
+/// Queue `f`, a write that waits only on the disk, for a thread of the
+/// disk pool (normal priority); as [`run`] otherwise.
 pub fn write(f: impl FnOnce() + Send + 'static) {
     DISK.run(Box::new(f));
 }

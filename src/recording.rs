@@ -320,9 +320,6 @@ impl Recorder {
                 break;
             }
             room.await;
-            if self.offer(&mut ev, payload) {
-                break;
-            }
         }
         let waited = began.elapsed().as_micros() as u64;
         self.shared.waited.fetch_add(waited, Ordering::Relaxed);
@@ -860,10 +857,7 @@ impl Writer {
                 self.disk = Some(disk);
                 self.spare = batch;
             }
-            Err(_) => {
-                shared.failed.store(true, Ordering::SeqCst);
-                tracing::error!(parent: &shared.span, "recording disk writer lost: the recording ends here");
-            }
+            Err(_) => shared.fail(&mut None, "recording disk writer lost".into()),
         }
     }
 }
