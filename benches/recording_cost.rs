@@ -1,8 +1,8 @@
 //! What recording costs per GiB of session output, step by step, on the
 //! bench's bulk text (`bench/run.py`: `yes "some log line with words
 //! 1234567890"`): UTF-8 check, asciicast JSON escaping, BLAKE3 (SHA-256 beside it for reference), and the
-//! write to disk, plain and streamed (writeback started and the page cache
-//! dropped behind it, as recordings are written). Run: `cargo bench --bench recording_cost`
+//! write to disk, plain and as recordings are written (1 MiB batches
+//! through the page cache, synced and dropped from it behind them). Run: `cargo bench --bench recording_cost`
 //! (`POSTERN_BENCH_MIB=N` for the buffer size, default 256;
 //! `POSTERN_BENCH_DIR=D` for where the write test puts its file, default the
 //! system temp folder).
@@ -114,17 +114,15 @@ fn main() {
         },
     );
     per_gib(
-        "write(2) streamed (recording::Streamed)",
+        "write(2) 1 MiB batches, synced + dropped",
         text.len(),
         || {
             let mut f = std::fs::File::create(&path).expect("create the test file");
-            let (mut cache, mut size) = (postern::recording::Streamed::default(), 0u64);
-            for c in json.chunks(512 * 1024) {
+            for c in json.chunks(1 << 20) {
                 f.write_all(c).expect("write the test file");
-                size += c.len() as u64;
-                cache.wrote(&f, size);
             }
             f.sync_data().expect("fdatasync the test file");
+            postern::recording::drop_cached(&f, 0, json.len() as u64);
         },
     );
     let _ = std::fs::remove_file(&path);

@@ -283,9 +283,9 @@ fn a_recorder_starved_of_cpu_slows_its_session_and_loses_nothing() {
 #[test]
 fn a_long_session_s_recording_does_not_pile_up_in_the_page_cache() {
     // About 48 MB of output through ssh -> postern -> sshd. The recorder
-    // starts writeback every 8 MiB and drops what is on the device from
-    // the page cache (recording::Streamed), so the finished file keeps
-    // about two steps of itself cached, not all of it.
+    // drops what each fsync put on the device from the page cache
+    // (recording::drop_cached), so the finished file keeps almost none of
+    // itself cached, not all of it.
     let b = Bastion::start();
     let (_id, cert) = b.granted("alice", "qa-shell", "1h", &["bob"]);
     let out = b.login("alice", &cert, "qa", &["web-1", "seq 1 6500000"]);
