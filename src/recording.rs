@@ -502,12 +502,15 @@ impl Disk {
 
 /// Drop `from..to` of `file`, synced already, from the page cache: a
 /// recording is written once and read rarely (replay, audit), so a long
-/// one should not sit in memory. `to` is taken down to a page boundary,
-/// so the page the next write goes into stays (dropped, the write would
-/// read it back first), and pages still dirty are left (the kernel skips
-/// them). Advice: an error here is not the recording's.
+/// one should not sit in memory. Both ends are taken down to a page
+/// boundary: the page the next write goes into stays (dropped, the write
+/// would read it back first), and is dropped by the next call, whose
+/// `from` is this one's `to` (the kernel would round a `from` inside a
+/// page up, and keep that page for good). Advice: an error here is not
+/// the recording's.
 pub fn drop_cached(file: &std::fs::File, from: u64, to: u64) {
     const PAGE: u64 = 4096;
+    let from = from / PAGE * PAGE;
     if let Some(len) = std::num::NonZeroU64::new((to / PAGE * PAGE).saturating_sub(from)) {
         let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
     }
@@ -1373,6 +1376,46 @@ mod tests {
         assert!(ev.iter().any(|e| e.kind == "m" && e.data == "cmd"));
     }
 
+    /// How much of the file at `path` is in the page cache, by fincore
+    /// (util-linux).
+    #[cfg(target_os = "linux")]
+    fn cached_bytes(path: &Path) -> u64 {
+        let out = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(path)
+            .output()
+            .expect("fincore runs (util-linux-extra)");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("fincore prints a byte count")
+    }
+
+    /// Dropped a sync at a time, at offsets inside pages as a recording's
+    /// syncs fall, a file keeps no page behind: each call's first page is
+    /// the one the call before kept for the next write.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn dropping_sync_by_sync_leaves_no_page_behind() {
+        use std::io::Write;
+        let near = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(near).expect("target/ exists");
+        let dir = tempfile::tempdir_in(near).expect("tmp under target/");
+        let path = dir.path().join("steps.cast");
+        let mut f = std::fs::File::create_new(&path).expect("create");
+        let (mut size, mut synced) = (0u64, 0u64);
+        let step = vec![b'x'; 100_003];
+        for _ in 0..64 {
+            f.write_all(&step).expect("write");
+            size += step.len() as u64;
+            f.sync_data().expect("sync");
+            drop_cached(&f, synced, size);
+            synced = size;
+        }
+        let left = cached_bytes(&path);
+        assert!(left <= 4096, "{left} of {size} bytes still cached");
+    }
+
     /// A long recording does not pile up in the page cache: what the
     /// once-a-second sync put on the device is dropped from it while the
     /// recording goes on, and the rest once it ends.
@@ -1393,18 +1436,7 @@ mod tests {
             rec.output(&chunk).await;
         }
         let path = rec.path.clone();
-        // fincore (util-linux) counts the file's pages in the page cache.
-        let cached = || -> u64 {
-            let out = std::process::Command::new("fincore")
-                .args(["--bytes", "--noheadings", "--output", "RES"])
-                .arg(&path)
-                .output()
-                .expect("fincore runs (util-linux-extra)");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("fincore prints a byte count")
-        };
+        let cached = || cached_bytes(&path);
         let t0 = Instant::now();
         let mut most = 0;
         // Still open: a sync or two later, its pages have left the cache.
