@@ -26,11 +26,28 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// A loopback port nothing listens on, never one this test process was
+/// given before: a server restarted on its port (`Bastion::reconfigure`)
+/// leaves it free for a moment, and the kernel could hand it to a test
+/// running beside it, whose server would then answer this test's
+/// connections (the likely cause of `an_idle_connection_is_cut_after_the_grace_time`
+/// failing once beside the 2,000-connection flood test: its connection was
+/// closed after 353 ms, not the 1 s its bastion was given).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("an ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_port(port: u16, what: &str) {
