@@ -14,9 +14,9 @@
 //! The threads are not tokio's blocking pool because a thread cannot raise
 //! its priority back without privilege: they are kept for this work only.
 //!
-//! Writes have a pool of their own ([`write`]), at normal priority: a write
-//! is a moment's CPU between waits on the device, and the recording (and so
-//! its session) waits for it.
+//! Writes have a pool of their own ([`write`]), at normal priority: the
+//! recording (and so its session) waits for each, and a write can wait on
+//! the device (a sync to catch up, the kernel's dirty-page throttling).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -45,11 +45,12 @@ static WORK: Pool = Pool::new("postern-rec", true);
 /// Writing: jobs that wait on nothing but the disk. A pool of their own
 /// so that an encoding job waiting for its last write (one at a time per
 /// recording) never waits on a write queued behind encoding jobs; and at
-/// normal priority, because a write is a moment's CPU between waits on the
-/// device that the whole recording waits for. At nice +10 each completed
-/// write waited for a core: `perf sched` over two bulk runs put the two
-/// disk threads 1.46 s runnable and unscheduled against 0.6 s running,
-/// while the session waited on its full inbox.
+/// normal priority, because the whole recording waits for each write. At
+/// nice +10, when writes were direct (session 10), each completed write
+/// waited for a core: `perf sched` over two bulk runs put the two disk
+/// threads 1.46 s runnable and unscheduled against 0.6 s running, while
+/// the session waited on its full inbox; with page-cache writes nice +10
+/// measured level (docs/BENCHMARKS.md, session 12).
 static DISK: Pool = Pool::new("postern-disk", false);
 
 /// How many queued jobs wait for a thread: a job that could go on with

@@ -30,9 +30,9 @@
 //! - [`memory`]: freed memory handed back to the system after connections close.
 //! - [`background`]: low-priority threads for recording work.
 //!
-//! No unsafe code but two calls, each allowed where it is by name (`deny`
+//! No unsafe code but one call, allowed where it is by name (`deny`
 //! rather than `forbid` so that an `allow` can exist): `malloc_trim` in
-//! [`memory`] and `sync_file_range` in [`recording`].
+//! [`memory`].
 #![deny(unsafe_code)]
 
 pub mod access;

@@ -10,7 +10,8 @@
 //! [`LINGER`]. So a busy session costs a wake-up per batch, not per
 //! chunk, and russh's buffers go back to the thread that made them at
 //! once. A full inbox ([`INBOX_MAX`]) makes the session wait: a slow disk
-//! slows its session, never loses its bytes.
+//! slows its session (once [`UNSYNCED_MAX`] bytes wait for the device),
+//! never loses its bytes.
 //!
 //! Each batch reaches the OS as soon as it is encoded (a `kill -9` loses
 //! what arrived in the last [`LINGER`] and the batch in flight), is synced
@@ -58,6 +59,19 @@ const QUIET: Duration = Duration::from_secs(2);
 
 /// How often, at most, a recording being written is synced to the device.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes written and not yet synced that start a sync before the second
+/// is up: at bulk speed a second is a few hundred MiB of page cache.
+const SYNC_STEP: u64 = 64 << 20;
+
+/// Bytes written and not yet synced that make the disk thread sync the
+/// file itself before it writes more, so that its recording (and so its
+/// session) waits for the device. Writes into the page cache return at
+/// memory speed; without this a slow or failing disk would let a session
+/// run on with gigabytes of its recording only in memory, up to the
+/// kernel's dirty-page limit, and its error would wait for a sync that
+/// might not return.
+const UNSYNCED_MAX: u64 = 256 << 20;
 
 /// One event in an inbox; its payload (if it has one) is the next `len`
 /// bytes of [`Inbox::data`].
@@ -158,6 +172,10 @@ struct Shared {
     live: Fanout,
     /// Bytes of the file handed to the OS so far.
     written: AtomicU64,
+    /// Bytes of the file known to be on the device (synced).
+    durable: AtomicU64,
+    /// To the writer task: [`SYNC_STEP`] bytes wait to be synced.
+    sync_now: Notify,
     /// Microseconds the sessions waited on a full inbox.
     waited: AtomicU64,
     /// The session's span, for what the jobs log.
@@ -275,6 +293,8 @@ impl Recorder {
             failed: AtomicBool::new(false),
             live: live.clone(),
             written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            sync_now: Notify::new(),
             waited: AtomicU64::new(0),
             span: tracing::Span::current(),
         });
@@ -509,9 +529,9 @@ impl Disk {
 /// page up, and keep that page for good). Advice: an error here is not
 /// the recording's.
 pub fn drop_cached(file: &std::fs::File, from: u64, to: u64) {
-    const PAGE: u64 = 4096;
-    let from = from / PAGE * PAGE;
-    if let Some(len) = std::num::NonZeroU64::new((to / PAGE * PAGE).saturating_sub(from)) {
+    let page = rustix::param::page_size().max(1) as u64;
+    let from = from / page * page;
+    if let Some(len) = std::num::NonZeroU64::new((to / page * page).saturating_sub(from)) {
         let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
     }
 }
@@ -690,8 +710,29 @@ impl Disk {
                     publish(live, batch, self.seq);
                 }
                 self.seq += batch.starts.len() as u64;
+                self.keep_up(shared);
             }
             Err(e) => shared.fail(&mut self.error, e.to_string()),
+        }
+    }
+
+    /// Ask for a sync once [`SYNC_STEP`] bytes wait for one, and sync here,
+    /// holding the recording, once [`UNSYNCED_MAX`] do: a disk slower than
+    /// the session slows the session, and a disk that fails fails the
+    /// recording now.
+    fn keep_up(&mut self, shared: &Shared) {
+        let durable = shared.durable.load(Ordering::Relaxed);
+        let behind = self.size.saturating_sub(durable);
+        if behind >= UNSYNCED_MAX {
+            match self.file.sync_data() {
+                Ok(()) => {
+                    shared.durable.fetch_max(self.size, Ordering::Relaxed);
+                    drop_cached(&self.file, durable, self.size);
+                }
+                Err(e) => shared.fail(&mut self.error, format!("sync: {e}")),
+            }
+        } else if behind >= SYNC_STEP {
+            shared.sync_now.notify_one();
         }
     }
 }
@@ -812,6 +853,34 @@ fn free_buffers(shared: &Shared) -> bool {
     true
 }
 
+/// Start syncing what was written since the last sync began, unless a
+/// sync is still in flight (or one failed); once on the device, it is
+/// dropped from the page cache.
+async fn sync_more(
+    shared: &Arc<Shared>,
+    file: &Arc<std::fs::File>,
+    syncing: &mut Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    synced: &mut u64,
+    sync_error: &mut Option<String>,
+) {
+    if !syncing.as_ref().is_none_or(|h| h.is_finished()) {
+        return;
+    }
+    synced_ok(shared, syncing.take(), sync_error).await;
+    let written = shared.written.load(Ordering::Relaxed);
+    if written == *synced || sync_error.is_some() {
+        return;
+    }
+    let (f, from, sh) = (file.clone(), *synced, shared.clone());
+    *syncing = Some(tokio::task::spawn_blocking(move || {
+        f.sync_data()?;
+        sh.durable.fetch_max(written, Ordering::Relaxed);
+        drop_cached(&f, from, written);
+        Ok(())
+    }));
+    *synced = written;
+}
+
 /// Wait for the sync in flight, if any; a refused one fails the recording.
 async fn synced_ok(
     shared: &Shared,
@@ -862,21 +931,12 @@ async fn write_all(
                 holding = true;
                 tick.get_or_insert_with(|| At::now() + SYNC_EVERY);
             }
+            () = shared.sync_now.notified() => {
+                sync_more(&shared, &file, &mut syncing, &mut synced, &mut sync_error).await;
+            }
             () = sleep_until(tick.unwrap_or_else(At::now)), if tick.is_some() => {
                 let written = shared.written.load(Ordering::Relaxed);
-                if syncing.as_ref().is_none_or(|h| h.is_finished()) {
-                    synced_ok(&shared, syncing.take(), &mut sync_error).await;
-                    if written != synced && sync_error.is_none() {
-                        let f = file.clone();
-                        let from = synced;
-                        syncing = Some(tokio::task::spawn_blocking(move || {
-                            f.sync_data()?;
-                            drop_cached(&f, from, written);
-                            Ok(())
-                        }));
-                        synced = written;
-                    }
-                }
+                sync_more(&shared, &file, &mut syncing, &mut synced, &mut sync_error).await;
                 if written != seen {
                     (seen, changed) = (written, Instant::now());
                 } else if holding && changed.elapsed() >= QUIET {
@@ -913,6 +973,10 @@ async fn write_all(
     let Some(w) = left else {
         return Summary::lost("recording writer thread lost".into());
     };
+    // After a refused sync the kernel marks the pages clean and the next
+    // sync succeeds: the page cache may then hold the only copy of what
+    // the device lost, so it is not dropped.
+    let failed_before = sync_error.is_some();
     let last = tokio::task::spawn_blocking({
         let shared = shared.clone();
         move || {
@@ -921,7 +985,7 @@ async fn write_all(
             w.land(&shared);
             let synced = w.disk.as_ref().map(|d| {
                 let synced = d.file.sync_data();
-                if synced.is_ok() {
+                if synced.is_ok() && !failed_before && d.error.is_none() {
                     drop_cached(&d.file, 0, d.size);
                 }
                 synced
@@ -1391,6 +1455,47 @@ mod tests {
             .expect("fincore prints a byte count")
     }
 
+    /// A recording [`SYNC_STEP`] bytes ahead of the device leaves the sync
+    /// to the writer task, and one [`UNSYNCED_MAX`] ahead syncs before it
+    /// writes on (its session waits for the disk).
+    #[tokio::test]
+    async fn a_recording_far_ahead_of_the_device_syncs_before_it_goes_on() {
+        let (_dir, rec, done) = new_recording("ahead").await;
+        settled(&rec).await;
+        let mut w = rec.shared.lock().writer.take().expect("writer idle");
+        let shared = rec.shared.clone();
+        let durable = |s: &Shared| s.durable.load(Ordering::Relaxed);
+        let mut disk = w.disk.take().expect("file side");
+        // As if a sync had landed up to here and SYNC_STEP more were
+        // written since (the file is sparse below).
+        let base = disk.size;
+        shared.durable.store(base, Ordering::Relaxed);
+        disk.size = base + SYNC_STEP;
+        let mut batch = Batch::default();
+        batch.begin(16);
+        batch.bytes.extend_from_slice(b"[0.1,\"o\",\"x\"]\n");
+        disk.flush(&batch, &shared);
+        assert_eq!(durable(&shared), base, "synced on the session's path early");
+        // The writer task syncs it, off the session's path.
+        let t0 = Instant::now();
+        while durable(&shared) < disk.size {
+            assert!(
+                t0.elapsed() < 15 * SYNC_EVERY,
+                "the writer task never synced"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        disk.size = durable(&shared) + UNSYNCED_MAX;
+        disk.flush(&batch, &shared);
+        assert!(disk.error.is_none(), "{:?}", disk.error);
+        assert_eq!(durable(&shared), disk.size, "not synced before going on");
+        w.disk = Some(disk);
+        rec.shared.lock().writer = Some(w);
+        drop(rec);
+        let summary = done.await.expect("writer");
+        assert!(summary.error.is_none(), "{:?}", summary.error);
+    }
+
     /// Dropped a sync at a time, at offsets inside pages as a recording's
     /// syncs fall, a file keeps no page behind: each call's first page is
     /// the one the call before kept for the next write.
@@ -1413,7 +1518,10 @@ mod tests {
             synced = size;
         }
         let left = cached_bytes(&path);
-        assert!(left <= 4096, "{left} of {size} bytes still cached");
+        assert!(
+            left <= rustix::param::page_size() as u64,
+            "{left} of {size} bytes still cached"
+        );
     }
 
     /// A long recording does not pile up in the page cache: what the
@@ -1447,7 +1555,7 @@ mod tests {
                 break;
             }
             assert!(
-                t0.elapsed() < 4 * SYNC_EVERY,
+                t0.elapsed() < 15 * SYNC_EVERY,
                 "{now} bytes of an open recording still cached after {:?}",
                 t0.elapsed()
             );
@@ -1464,7 +1572,7 @@ mod tests {
         );
         let left = cached();
         assert!(
-            left <= 4096,
+            left <= rustix::param::page_size() as u64,
             "{left} of {} bytes still cached",
             summary.size
         );
