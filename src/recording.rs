@@ -523,6 +523,15 @@ impl Disk {
     }
 }
 
+/// Sync `file`, whose first `to` bytes are written, note them durable,
+/// and drop `from..to` (synced before or now) from the page cache.
+fn sync_through(file: &std::fs::File, shared: &Shared, from: u64, to: u64) -> std::io::Result<()> {
+    file.sync_data()?;
+    shared.durable.fetch_max(to, Ordering::Relaxed);
+    drop_cached(file, from, to);
+    Ok(())
+}
+
 /// Drop `from..to` of `file`, synced already, from the page cache: a
 /// recording is written once and read rarely (replay, audit), so a long
 /// one should not sit in memory. Both ends are taken down to a page
@@ -727,12 +736,8 @@ impl Disk {
         let durable = shared.durable.load(Ordering::Relaxed);
         let behind = self.size.saturating_sub(durable);
         if behind >= UNSYNCED_MAX {
-            match self.file.sync_data() {
-                Ok(()) => {
-                    shared.durable.fetch_max(self.size, Ordering::Relaxed);
-                    drop_cached(&self.file, durable, self.size);
-                }
-                Err(e) => shared.fail(&mut self.error, format!("sync: {e}")),
+            if let Err(e) = sync_through(&self.file, shared, durable, self.size) {
+                shared.fail(&mut self.error, format!("sync: {e}"));
             }
         } else if behind >= SYNC_STEP {
             shared.sync_now.notify_one();
@@ -876,10 +881,7 @@ async fn sync_more(
     }
     let (f, from, sh) = (file.clone(), *synced, shared.clone());
     *syncing = Some(tokio::task::spawn_blocking(move || {
-        f.sync_data()?;
-        sh.durable.fetch_max(written, Ordering::Relaxed);
-        drop_cached(&f, from, written);
-        Ok(())
+        sync_through(&f, &sh, from, written)
     }));
     *synced = written;
 }
@@ -1443,6 +1445,14 @@ mod tests {
         assert!(ev.iter().any(|e| e.kind == "m" && e.data == "cmd"));
     }
 
+    /// A folder on the disk the build is on: tmpfs (a common /tmp) has no
+    /// device to write back to and keeps every page.
+    fn on_disk() -> tempfile::TempDir {
+        let near = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
+        std::fs::create_dir_all(near).expect("target/ exists");
+        tempfile::tempdir_in(near).expect("tmp under target/")
+    }
+
     /// How much of the file at `path` is in the page cache, by fincore
     /// (util-linux).
     #[cfg(target_os = "linux")]
@@ -1506,9 +1516,7 @@ mod tests {
     #[test]
     fn dropping_sync_by_sync_leaves_no_page_behind() {
         use std::io::Write;
-        let near = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
-        std::fs::create_dir_all(near).expect("target/ exists");
-        let dir = tempfile::tempdir_in(near).expect("tmp under target/");
+        let dir = on_disk();
         let path = dir.path().join("steps.cast");
         let mut f = std::fs::File::create_new(&path).expect("create");
         let (mut size, mut synced) = (0u64, 0u64);
@@ -1533,11 +1541,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_long_recording_keeps_little_of_itself_in_the_page_cache() {
-        // On the disk the build is on: tmpfs (a common /tmp) has no device
-        // to write back to and keeps every page.
-        let near = concat!(env!("CARGO_MANIFEST_DIR"), "/target");
-        std::fs::create_dir_all(near).expect("target/ exists");
-        let dir = tempfile::tempdir_in(near).expect("tmp under target/");
+        let dir = on_disk();
         let (rec, done) = Recorder::start(dir.path(), "long", 80, 24, "t".into())
             .await
             .expect("start");
