@@ -1,7 +1,9 @@
 //! Low-priority threads for work that must not slow the data path.
 //!
 //! Recording a session costs about as much CPU per byte as relaying it
-//! (encoding, BLAKE3, the write: docs/BENCHMARKS.md). On the same threads
+//! (encoding, BLAKE3, the write: docs/BENCHMARKS.md). Sessions encode
+//! their own events (the bytes are in their cache then); the write and
+//! the hash are left to these threads. On the same threads
 //! and at the same priority as the relay, that work takes turns with the
 //! session's own bytes, and the session runs slower even when the machine
 //! has idle CPU. Here it runs on a few threads of their own at a lower
@@ -14,9 +16,10 @@
 //! The threads are not tokio's blocking pool because a thread cannot raise
 //! its priority back without privilege: they are kept for this work only.
 //!
-//! Writes have a pool of their own ([`write`]), at normal priority: the
-//! recording (and so its session) waits for each, and a write can wait on
-//! the device (a sync to catch up, the kernel's dirty-page throttling).
+//! Writes run there too, through the page cache: they wait on memory, not
+//! on the device (the once-a-second sync runs beside them), so at nice +10
+//! they measured level with a pool of their own at normal priority
+//! (docs/BENCHMARKS.md, sessions 12 and 13).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -32,26 +35,13 @@ type Task = Box<dyn FnOnce() + Send>;
 /// A queue of jobs and the threads that take them, made by its first job.
 struct Pool {
     name: &'static str,
-    /// Whether the threads run at [`NICE`].
-    low: bool,
     queue: OnceLock<mpsc::Sender<Task>>,
     /// Jobs queued that no thread has taken yet.
     waiting: AtomicUsize,
 }
 
 /// Encoding: jobs that may go on while their recording has more.
-static WORK: Pool = Pool::new("postern-rec", true);
-
-/// Writing: jobs that wait on nothing but the disk. A pool of their own
-/// so that an encoding job waiting for its last write (one at a time per
-/// recording) never waits on a write queued behind encoding jobs; and at
-/// normal priority, because the whole recording waits for each write. At
-/// nice +10, when writes were direct (session 10), each completed write
-/// waited for a core: `perf sched` over two bulk runs put the two disk
-/// threads 1.46 s runnable and unscheduled against 0.6 s running, while
-/// the session waited on its full inbox; with page-cache writes nice +10
-/// measured level (docs/BENCHMARKS.md, session 12).
-static DISK: Pool = Pool::new("postern-disk", false);
+static WORK: Pool = Pool::new("postern-rec");
 
 /// How many queued jobs wait for a thread: a job that could go on with
 /// more work yields its thread when this is not 0.
@@ -67,17 +57,10 @@ pub fn run(f: impl FnOnce() + Send + 'static) {
     WORK.run(Box::new(f));
 }
 
-/// Queue `f`, a write that waits only on the disk, for a thread of the
-/// disk pool (normal priority); as [`run`] otherwise.
-pub fn write(f: impl FnOnce() + Send + 'static) {
-    DISK.run(Box::new(f));
-}
-
 impl Pool {
-    const fn new(name: &'static str, low: bool) -> Pool {
+    const fn new(name: &'static str) -> Pool {
         Pool {
             name,
-            low,
             queue: OnceLock::new(),
             waiting: AtomicUsize::new(0),
         }
@@ -109,9 +92,7 @@ impl Pool {
     }
 
     fn worker(&self, rx: &Mutex<mpsc::Receiver<Task>>) {
-        if self.low {
-            lower_priority();
-        }
+        lower_priority();
         loop {
             // Taking the next job holds the lock only while waiting for it.
             let job = match rx.lock() {
@@ -171,34 +152,6 @@ mod tests {
         // Every thread still takes jobs after one panicked.
         for i in 0..32 {
             assert_eq!(spawn(move || i * 2).await.ok(), Some(i * 2));
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn writes_run_at_normal_priority_and_survive_a_panic() {
-        let on_disk_thread = |f: Box<dyn FnOnce() -> i32 + Send>| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            write(move || {
-                let _ = tx.send(f());
-            });
-            rx
-        };
-        let prio = on_disk_thread(Box::new(|| {
-            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(-100)
-        }))
-        .await
-        .expect("write ran");
-        assert_eq!(
-            prio,
-            rustix::process::getpriority_process(None).unwrap_or(0)
-        );
-        assert!(on_disk_thread(Box::new(|| panic!("boom"))).await.is_err());
-        for i in 0..16 {
-            assert_eq!(
-                on_disk_thread(Box::new(move || i + 1)).await.ok(),
-                Some(i + 1)
-            );
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Session recordings: one asciicast v2 file per session channel.
 //!
-//! A session copies each event into its recording's inbox, under a lock it
-//! holds for the copy, and goes on: no queue per event, no task woken per
-//! event. A job on a low-priority thread ([`crate::background`]) takes
-//! the whole inbox at a time and encodes, hashes and writes it, and goes
-//! on taking it while there is more; a session wakes one only when the
+//! A session encodes each event into its recording's inbox, under a lock
+//! it holds for the encoding, while the bytes are still in its core's
+//! cache, and goes on: no queue per event, no task woken per event. A job
+//! on a low-priority thread ([`crate::background`]) takes the whole inbox
+//! at a time, writes and hashes it, and goes on taking it while there is
+//! more; a session wakes one only when the
 //! inbox holds a batch's worth ([`BATCH_BYTES`]) and none is running, and
 //! otherwise tells the recording's writer task, which starts one after
 //! [`LINGER`]. So a busy session costs a wake-up per batch, not per
@@ -13,7 +14,7 @@
 //! slows its session (once [`UNSYNCED_MAX`] bytes wait for the device),
 //! never loses its bytes.
 //!
-//! Each batch reaches the OS as soon as it is encoded (a `kill -9` loses
+//! Each batch reaches the OS as soon as a job takes it (a `kill -9` loses
 //! what arrived in the last [`LINGER`] and the batch in flight), is synced
 //! to the device at most once a second, is hashed as it goes, and is fanned
 //! out to live watchers over a bounded broadcast that drops for laggards.
@@ -37,14 +38,14 @@ pub const UNRECORDED: bool = cfg!(feature = "bench-recording-off");
 /// Live fan-out depth; a watcher further behind than this skips ahead.
 const FANOUT: usize = 128;
 
-/// Raw bytes in an inbox that make the session start a job itself, and
-/// about the most a job encodes before it writes: 1 MiB batches against
+/// Encoded bytes in an inbox that make the session start a job itself
+/// (so about the most a job writes at once): 1 MiB batches against
 /// 256 KiB took bulk output 190 → 233 MiB/s (session 9, then with direct
 /// writes, one device request each; 2 MiB measured no better:
 /// docs/BENCHMARKS.md).
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Raw bytes an inbox takes before its sessions wait for the job.
+/// Encoded bytes an inbox takes before its sessions wait for the job.
 const INBOX_MAX: usize = 2 << 20;
 
 /// How long the first event after the job went idle waits for company
@@ -67,7 +68,7 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// and the writes behind it wait for the commit).
 const SYNC_STEP: u64 = 256 << 20;
 
-/// Bytes written and not yet synced that make the disk thread sync the
+/// Bytes written and not yet synced that make the job sync the
 /// file itself before it writes more, so that its recording (and so its
 /// session) waits for the device. Writes into the page cache return at
 /// memory speed; without this a slow or failing disk would let a session
@@ -76,38 +77,18 @@ const SYNC_STEP: u64 = 256 << 20;
 /// might not return.
 const UNSYNCED_MAX: u64 = 1 << 30;
 
-/// One event in an inbox; its payload (if it has one) is the next `len`
-/// bytes of [`Inbox::data`].
+/// One event, as a session hands it to its recording with its payload
+/// (if it has one) beside it.
 #[derive(Debug)]
 enum Ev {
-    Out(f64, usize),
-    In(f64, usize),
+    Out(f64),
+    In(f64),
     /// Forwarded bytes; `true` for client → destination.
-    Bytes(f64, bool, usize),
+    Bytes(f64, bool),
     Resize(f64, u32, u32),
     Marker(f64, String),
     /// The file's first line, written as it is.
     Header(String),
-}
-
-impl Ev {
-    /// What the event holds in the inbox: its payload, its own size and
-    /// any string it owns.
-    fn held(&self) -> usize {
-        let owned = match self {
-            Ev::Marker(_, s) | Ev::Header(s) => s.len(),
-            _ => 0,
-        };
-        self.len() + owned + std::mem::size_of::<Ev>()
-    }
-
-    /// How many bytes of the inbox's data are this event's.
-    fn len(&self) -> usize {
-        match self {
-            Ev::Out(_, n) | Ev::In(_, n) | Ev::Bytes(_, _, n) => *n,
-            Ev::Resize(..) | Ev::Marker(..) | Ev::Header(_) => 0,
-        }
-    }
 }
 
 /// One recorded line, numbered, for live watchers.
@@ -142,13 +123,13 @@ impl Fanout {
 /// and who holds the file.
 #[derive(Default)]
 struct Inbox {
-    /// The events' payloads, back to back.
-    data: Vec<u8>,
-    events: Vec<Ev>,
-    /// What the events hold, payloads and all (what [`INBOX_MAX`] and
-    /// [`BATCH_BYTES`] count: a flood of resizes or markers fills the
-    /// inbox as surely as output does).
-    held: usize,
+    /// The events' lines, encoded by the sessions as they hand them over
+    /// (what [`INBOX_MAX`] and [`BATCH_BYTES`] count: a flood of resizes
+    /// or markers fills the inbox as surely as output does).
+    batch: Batch,
+    /// Output and input text split mid-character, carried to the next event.
+    out_dec: Utf8Stream,
+    in_dec: Utf8Stream,
     /// A job holds the writer (queued or running) and will take what
     /// arrives before it ends.
     busy: bool,
@@ -160,6 +141,39 @@ struct Inbox {
     /// was lost (`lost`), when nothing more is kept.
     writer: Option<Writer>,
     lost: bool,
+}
+
+impl Inbox {
+    /// Encoded bytes waiting for a job.
+    fn held(&self) -> usize {
+        self.batch.bytes.len()
+    }
+
+    /// Whether nothing waits for a job.
+    fn is_empty(&self) -> bool {
+        self.batch.bytes.is_empty()
+    }
+
+    /// Encode an event into the inbox, on the session's thread while its
+    /// payload is still in that core's cache: no copy of the payload to
+    /// encode from later. (Session 6 measured encoding here as level with
+    /// a recording thread doing it, when each event then still went
+    /// through a queue and a wake-up; session 13's profile put the copy
+    /// into the inbox at 0.05 CPU s per 256 MiB run.)
+    fn take(&mut self, ev: Ev, payload: &[u8]) {
+        let Inbox {
+            batch,
+            out_dec,
+            in_dec,
+            ..
+        } = self;
+        encode(ev, payload, batch, out_dec, in_dec);
+    }
+
+    /// Drop what waits and the buffers that held it.
+    fn clear(&mut self) {
+        self.batch = Batch::default();
+    }
 }
 
 /// A recording as its handles, its writer task and its jobs share it.
@@ -283,14 +297,15 @@ impl Recorder {
             .await;
         let sync = Arc::new(file.try_clone()?);
         let live = Fanout::default();
+        let mut inbox = Inbox {
+            writer: Some(Writer::new(Disk::new(file))),
+            // The header goes to the file at once.
+            busy: true,
+            ..Inbox::default()
+        };
+        inbox.take(Ev::Header(header), &[]);
         let shared = Arc::new(Shared {
-            inbox: Mutex::new(Inbox {
-                events: vec![Ev::Header(header)],
-                writer: Some(Writer::new(Disk::new(file))),
-                // The header goes to the file at once.
-                busy: true,
-                ..Inbox::default()
-            }),
+            inbox: Mutex::new(inbox),
             wake: Notify::new(),
             room: Notify::new(),
             failed: AtomicBool::new(false),
@@ -357,16 +372,14 @@ impl Recorder {
                 // Nothing takes the inbox any more; already reported.
                 return true;
             }
-            if ib.held >= INBOX_MAX {
+            if ib.held() >= INBOX_MAX {
                 return false;
             }
             let Some(e) = ev.take() else { return true };
-            ib.held += e.held();
-            ib.data.extend_from_slice(payload);
-            ib.events.push(e);
+            ib.take(e, payload);
             if ib.busy || ib.writer.is_none() {
                 (false, false)
-            } else if ib.held >= BATCH_BYTES {
+            } else if ib.held() >= BATCH_BYTES {
                 ib.busy = true;
                 // The writer task is told too, once, so that it syncs the
                 // file while this goes on.
@@ -392,14 +405,14 @@ impl Recorder {
         if UNRECORDED {
             return;
         }
-        self.push(Ev::Out(self.now(), data.len()), data).await;
+        self.push(Ev::Out(self.now()), data).await;
     }
 
     pub async fn input(&self, data: &Bytes) {
         if UNRECORDED {
             return;
         }
-        self.push(Ev::In(self.now(), data.len()), data).await;
+        self.push(Ev::In(self.now()), data).await;
     }
 
     pub async fn resize(&self, cols: u32, rows: u32) {
@@ -411,8 +424,7 @@ impl Recorder {
         if UNRECORDED {
             return;
         }
-        self.push(Ev::Bytes(self.now(), to_dest, data.len()), data)
-            .await;
+        self.push(Ev::Bytes(self.now(), to_dest), data).await;
     }
 
     pub async fn marker(&self, label: String) {
@@ -557,149 +569,41 @@ struct Batch {
     starts: Vec<usize>,
 }
 
-/// Room a batch keeps beyond [`BATCH_BYTES`] for the event that ends it,
-/// escapes and all, so that it need not grow (a realloc copy).
-const BATCH_SLACK: usize = 96 * 1024;
-
 impl Batch {
-    /// Empty the batch, with room for about `raw` bytes of events (a
-    /// recording that only ever writes its header and a few keystrokes
-    /// keeps a small buffer).
-    fn begin(&mut self, raw: usize) {
-        self.bytes.clear();
-        self.starts.clear();
-        let room = raw.saturating_add(raw / 4).min(BATCH_BYTES) + BATCH_SLACK.min(raw);
-        self.bytes.reserve(room);
-    }
-
     /// The encoded bytes.
     fn encoded(&self) -> &[u8] {
         &self.bytes
     }
 }
 
-/// The file side of a recording, and the buffers a job swaps with the
+/// The file side of a recording, and the batch a job swaps with the
 /// inbox, owned by whichever job is running.
 ///
-/// A batch is encoded while the one before it is written: the file side
-/// goes with each batch to a disk thread ([`background::write`]) and
-/// comes back with it. One at a time, so batches land in order, and the
-/// job waits for the last before it gives the writer back. Encoding and
-/// writing in turn on one thread, the recording of a bulk download spent
-/// a third of its time blocked in (then direct) writes (strace: 3.4 ms
-/// per MiB on session 10's disk) while its session waited on the full
-/// inbox.
+/// A job writes and hashes the batch it took on its own thread: with
+/// page-cache writes nothing there waits on the device (the once-a-second
+/// sync runs beside it), so a second thread for the write (session 10's
+/// `background::write`, when writes were direct and blocked 3.4 ms per
+/// MiB) only added a hand-off and a wake-up per batch.
 struct Writer {
-    /// `None` while a batch is being written, or for good once the thread
-    /// writing it was lost.
-    disk: Option<Disk>,
-    /// The batch being written gives the file side and itself back here.
-    inflight: Option<std::sync::mpsc::Receiver<(Disk, Batch)>>,
-    data: Vec<u8>,
-    events: Vec<Ev>,
+    disk: Disk,
+    /// The batch taken from the inbox, being written; given back empty.
     batch: Batch,
-    /// The batch written last, back for the one after `batch`.
-    spare: Batch,
-    /// Output and input text split mid-character, carried to the next event.
-    out_dec: Utf8Stream,
-    in_dec: Utf8Stream,
 }
 
 impl Writer {
     fn new(disk: Disk) -> Writer {
         Writer {
-            disk: Some(disk),
-            inflight: None,
-            data: Vec::new(),
-            events: Vec::new(),
+            disk,
             batch: Batch::default(),
-            spare: Batch::default(),
-            out_dec: Utf8Stream::default(),
-            in_dec: Utf8Stream::default(),
         }
     }
 
-    /// Whether nothing more will be written: the disk refused a write, or
-    /// the thread writing one was lost.
-    fn stopped(&self) -> bool {
-        match &self.disk {
-            Some(d) => d.error.is_some(),
-            None => self.inflight.is_none(),
-        }
-    }
-
-    /// Encode the events taken from the inbox, a batch of about
-    /// [`BATCH_BYTES`] at a time, each sent to be written (and hashed
-    /// there, while it is still in the cache) as the next is encoded, and
-    /// leave the buffers empty for the next swap.
-    fn write(&mut self, shared: &Arc<Shared>) {
-        let (mut data, mut events) = (
-            std::mem::take(&mut self.data),
-            std::mem::take(&mut self.events),
-        );
-        if !self.stopped() {
-            self.batch.begin(data.len());
-            let mut at = 0;
-            for ev in events.drain(..) {
-                let len = ev.len();
-                let payload = data.get(at..at + len).unwrap_or_default();
-                at += len;
-                encode(
-                    ev,
-                    payload,
-                    &mut self.batch,
-                    &mut self.out_dec,
-                    &mut self.in_dec,
-                );
-                if self.batch.encoded().len() >= BATCH_BYTES {
-                    if !self.send(shared) {
-                        break;
-                    }
-                    self.batch.begin(data.len() - at);
-                }
-            }
-            self.send(shared);
-        }
-        events.clear();
-        data.clear();
-        (self.data, self.events) = (data, events);
-    }
-
-    /// Send the batch to be written once the one before it is: `false`
-    /// when nothing more will be.
-    fn send(&mut self, shared: &Arc<Shared>) -> bool {
-        if self.batch.encoded().is_empty() {
-            return !self.stopped();
-        }
-        self.land(shared);
-        let Some(mut disk) = self.disk.take_if(|d| d.error.is_none()) else {
-            return false;
-        };
-        let batch = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let shared = shared.clone();
-        background::write(move || {
-            disk.flush(&batch, &shared);
-            let _ = tx.send((disk, batch));
-        });
-        self.inflight = Some(rx);
-        true
-    }
-
-    /// Wait for the batch in flight, if any, and take the file side back.
-    /// A write whose thread was lost (it panicked) took the file side with
-    /// it: the recording fails, and nothing more is written.
-    fn land(&mut self, shared: &Shared) {
-        let Some(rx) = self.inflight.take() else {
-            return;
-        };
-        match rx.recv() {
-            Ok((disk, batch)) => {
-                self.disk = Some(disk);
-                self.spare = batch;
-            }
-            Err(_) => shared.fail(&mut None, "recording disk writer lost".into()),
-        }
+    /// Write the batch taken from the inbox (nothing, once the disk
+    /// refused a write) and empty it for the next swap.
+    fn write(&mut self, shared: &Shared) {
+        self.disk.flush(&self.batch, shared);
+        self.batch.bytes.clear();
+        self.batch.starts.clear();
     }
 }
 
@@ -778,18 +682,12 @@ impl Job {
         loop {
             {
                 let mut ib = shared.lock();
-                std::mem::swap(&mut ib.data, &mut w.data);
-                std::mem::swap(&mut ib.events, &mut w.events);
-                ib.held = 0;
+                std::mem::swap(&mut ib.batch, &mut w.batch);
             }
             shared.room.notify_waiters();
             w.write(&shared);
-            if shared.lock().events.is_empty() {
-                // A writer given back holds no batch in flight.
-                w.land(&shared);
-            }
             let mut ib = shared.lock();
-            let more = !ib.events.is_empty();
+            let more = !ib.is_empty();
             if more && background::waiting() == 0 {
                 continue;
             }
@@ -817,10 +715,8 @@ impl Drop for Job {
             let mut ib = self.shared.lock();
             ib.lost = true;
             ib.busy = false;
-            ib.held = 0;
             ib.writer = None;
-            ib.data = Vec::new();
-            ib.events = Vec::new();
+            ib.clear();
         }
         self.shared.failed.store(true, Ordering::SeqCst);
         tracing::error!(parent: &self.shared.span, "recording writer lost: the recording ends here");
@@ -834,7 +730,7 @@ fn kick(shared: &Arc<Shared>) {
     let start = {
         let mut ib = shared.lock();
         ib.armed = false;
-        let start = !ib.busy && ib.writer.is_some() && !ib.events.is_empty();
+        let start = !ib.busy && ib.writer.is_some() && !ib.is_empty();
         ib.busy |= start;
         start
     };
@@ -847,16 +743,12 @@ fn kick(shared: &Arc<Shared>) {
 /// holds them.
 fn free_buffers(shared: &Shared) -> bool {
     let mut ib = shared.lock();
-    if ib.busy || !ib.events.is_empty() {
+    if ib.busy || !ib.is_empty() {
         return false;
     }
-    ib.data = Vec::new();
-    ib.events = Vec::new();
+    ib.clear();
     if let Some(w) = ib.writer.as_mut() {
-        w.data = Vec::new();
-        w.events = Vec::new();
         w.batch = Batch::default();
-        w.spare = Batch::default();
     }
     true
 }
@@ -963,11 +855,9 @@ async fn write_all(
             ib.closing = true;
             if !ib.busy {
                 let left = ib.writer.take();
-                let (data, events) = (std::mem::take(&mut ib.data), std::mem::take(&mut ib.events));
-                ib.held = 0;
+                let rest = std::mem::take(&mut ib.batch);
                 break left.map(|mut w| {
-                    w.data = data;
-                    w.events = events;
+                    w.batch = rest;
                     w
                 });
             }
@@ -987,14 +877,11 @@ async fn write_all(
         move || {
             let mut w = w;
             w.write(&shared);
-            w.land(&shared);
-            let synced = w.disk.as_ref().map(|d| {
-                let synced = d.file.sync_data();
-                if synced.is_ok() && !failed_before && d.error.is_none() {
-                    drop_cached(&d.file, 0, d.size);
-                }
-                synced
-            });
+            let d = &w.disk;
+            let synced = d.file.sync_data();
+            if synced.is_ok() && !failed_before && d.error.is_none() {
+                drop_cached(&d.file, 0, d.size);
+            }
             (w, synced)
         }
     })
@@ -1003,9 +890,7 @@ async fn write_all(
         Ok(x) => x,
         Err(e) => return Summary::lost(format!("recording writer thread: {e}")),
     };
-    let (Some(disk), Some(synced)) = (w.disk, synced) else {
-        return Summary::lost("recording disk writer lost".into());
-    };
+    let disk = w.disk;
     let mut error = disk.error.or(sync_error);
     if let Err(e) = synced {
         shared.fail(&mut error, e.to_string());
@@ -1062,7 +947,7 @@ fn encode(
         chunk.extend_from_slice(b"\"]\n");
     };
     match ev {
-        Ev::Out(t, _) => {
+        Ev::Out(t) => {
             // Escaped straight from the payload while it is ASCII (most
             // output: one pass over it, not a UTF-8 check and then the
             // escaper); from its first other byte on, decoded first.
@@ -1092,7 +977,7 @@ fn encode(
                 line(chunk, starts, t, "x", &b64(payload));
             }
         }
-        Ev::In(t, _) => {
+        Ev::In(t) => {
             let text = in_dec.push_cow(payload);
             if !text.is_empty() {
                 line(chunk, starts, t, "i", &text);
@@ -1100,7 +985,7 @@ fn encode(
         }
         Ev::Resize(t, c, r) => line(chunk, starts, t, "r", &format!("{c}x{r}")),
         Ev::Marker(t, label) => line(chunk, starts, t, "m", &label),
-        Ev::Bytes(t, to_dest, _) => {
+        Ev::Bytes(t, to_dest) => {
             let kind = if to_dest { "c" } else { "s" };
             line(chunk, starts, t, kind, &b64(payload));
         }
@@ -1352,7 +1237,7 @@ mod tests {
         let mut batch = Batch::default();
         let (mut o, mut i) = (Utf8Stream::default(), Utf8Stream::default());
         for c in chunks {
-            encode(Ev::Out(0.5, c.len()), c, &mut batch, &mut o, &mut i);
+            encode(Ev::Out(0.5), c, &mut batch, &mut o, &mut i);
         }
         batch.bytes
     }
@@ -1478,14 +1363,13 @@ mod tests {
         let mut w = rec.shared.lock().writer.take().expect("writer idle");
         let shared = rec.shared.clone();
         let durable = |s: &Shared| s.durable.load(Ordering::Relaxed);
-        let mut disk = w.disk.take().expect("file side");
+        let disk = &mut w.disk;
         // As if a sync had landed up to here and SYNC_STEP more were
         // written since (the file is sparse below).
         let base = disk.size;
         shared.durable.store(base, Ordering::Relaxed);
         disk.size = base + SYNC_STEP;
         let mut batch = Batch::default();
-        batch.begin(16);
         batch.bytes.extend_from_slice(b"[0.1,\"o\",\"x\"]\n");
         disk.flush(&batch, &shared);
         assert_eq!(durable(&shared), base, "synced on the session's path early");
@@ -1502,7 +1386,6 @@ mod tests {
         disk.flush(&batch, &shared);
         assert!(disk.error.is_none(), "{:?}", disk.error);
         assert_eq!(durable(&shared), disk.size, "not synced before going on");
-        w.disk = Some(disk);
         rec.shared.lock().writer = Some(w);
         drop(rec);
         let summary = done.await.expect("writer");
@@ -1811,7 +1694,9 @@ mod tests {
         settled(&rec).await;
         // No job takes the inbox while it is marked busy with none queued.
         rec.shared.lock().busy = true;
-        let room = INBOX_MAX / std::mem::size_of::<Ev>();
+        // A resize line is at least 16 bytes (`[0.1,"r","80x24"]` and
+        // its newline), so twice this many cannot fit.
+        let room = INBOX_MAX / 16;
         let flooder = rec.clone();
         let flood = tokio::spawn(async move {
             for i in 0..2 * room as u32 {
@@ -1819,9 +1704,12 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let held = rec.shared.lock().events.len();
+        let held = rec.shared.lock().held();
         assert!(!flood.is_finished(), "the flood never waited");
-        assert!(held <= room + 1, "{held} events held, room for {room}");
+        assert!(
+            held < INBOX_MAX + 64,
+            "{held} bytes held, room for {INBOX_MAX}"
+        );
         Job::start(&rec.shared);
         tokio::time::timeout(Duration::from_secs(10), flood)
             .await
