@@ -68,6 +68,12 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// and the writes behind it wait for the commit).
 const SYNC_STEP: u64 = 256 << 20;
 
+/// How often a recording being written starts writeback and drops what
+/// it wrote before from the page cache ([`Disk::stream`]), and how much
+/// it leaves there for the writeback to finish.
+const STREAM_STEP: u64 = 8 << 20;
+const STREAM_KEEP: u64 = 16 << 20;
+
 /// Bytes written and not yet synced that make the job sync the
 /// file itself before it writes more, so that its recording (and so its
 /// session) waits for the device. Writes into the page cache return at
@@ -502,6 +508,9 @@ struct Disk {
     seq: u64,
     /// The first write the disk refused; nothing is written after it.
     error: Option<String>,
+    /// Where the part of the file that may still be in the page cache
+    /// starts ([`Disk::stream`]).
+    cached_from: u64,
 }
 
 impl Disk {
@@ -513,6 +522,7 @@ impl Disk {
             size: 0,
             seq: 0,
             error: None,
+            cached_from: 0,
         }
     }
 
@@ -627,9 +637,30 @@ impl Disk {
                 }
                 self.seq += batch.starts.len() as u64;
                 self.keep_up(shared);
+                self.stream(shared);
             }
             Err(e) => shared.fail(&mut self.error, e.to_string()),
         }
+    }
+
+    /// Every [`STREAM_STEP`], start writeback of what was written and drop
+    /// what was written before it (clean by then) from the page cache: one
+    /// `POSIX_FADV_DONTNEED` over both does each. The recording then
+    /// cycles through a few MiB of page cache instead of taking a second
+    /// of bulk output's worth of fresh pages between syncs (page-cache
+    /// pages freed a second later are pages the next second must take
+    /// new: on a VM that hands freed memory back to the host, a first
+    /// touch each). Nothing waits for the device here; the once-a-second
+    /// sync still makes it durable. Not once the recording has failed:
+    /// after a refused write the page cache may hold the only copy.
+    fn stream(&mut self, shared: &Shared) {
+        if self.size < self.cached_from + STREAM_STEP + STREAM_KEEP
+            || shared.failed.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        drop_cached(&self.file, self.cached_from, self.size);
+        self.cached_from = self.size - STREAM_KEEP;
     }
 
     /// Ask for a sync once [`SYNC_STEP`] bytes wait for one, and sync here,
