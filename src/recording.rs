@@ -1734,6 +1734,14 @@ mod tests {
                 flooder.resize(80 + i % 7, 24).await;
             }
         });
+        let t0 = Instant::now();
+        while rec.shared.lock().held() < INBOX_MAX {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the flood never filled the inbox"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let held = rec.shared.lock().held();
         assert!(!flood.is_finished(), "the flood never waited");
