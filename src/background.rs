@@ -16,10 +16,10 @@
 //! The threads are not tokio's blocking pool because a thread cannot raise
 //! its priority back without privilege: they are kept for this work only.
 //!
-//! Writes run there too, through the page cache: they wait on memory, not
-//! on the device (the once-a-second sync runs beside them), so at nice +10
-//! they measured level with a pool of their own at normal priority
-//! (docs/BENCHMARKS.md, sessions 12 and 13).
+//! Writes run there too, through the page cache: they wait on memory and
+//! at most for the device's queue, not for the device (the once-a-second
+//! sync runs beside them), so at nice +10 they measured level with a pool
+//! of their own at normal priority (docs/BENCHMARKS.md, sessions 12 and 13).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -40,7 +40,7 @@ struct Pool {
     waiting: AtomicUsize,
 }
 
-/// Encoding: jobs that may go on while their recording has more.
+/// Writing and hashing: jobs that may go on while their recording has more.
 static WORK: Pool = Pool::new("postern-rec");
 
 /// How many queued jobs wait for a thread: a job that could go on with

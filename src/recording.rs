@@ -147,6 +147,9 @@ struct Inbox {
     /// was lost (`lost`), when nothing more is kept.
     writer: Option<Writer>,
     lost: bool,
+    /// The disk refused a write: nothing more is written, so nothing more
+    /// is encoded (the recording has failed, and its session is ended).
+    stopped: bool,
 }
 
 impl Inbox {
@@ -166,7 +169,7 @@ impl Inbox {
     /// a recording thread doing it, when each event then still went
     /// through a queue and a wake-up; session 13's profile put the copy
     /// into the inbox at 0.05 CPU s per 256 MiB run.)
-    fn take(&mut self, ev: Ev, payload: &[u8]) {
+    fn put(&mut self, ev: Ev, payload: &[u8]) {
         let Inbox {
             batch,
             out_dec,
@@ -208,7 +211,8 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
         // A panic under this lock cannot leave the inbox half-changed
-        // (nothing in the critical sections panics); go on with it.
+        // (nothing in the critical sections panics, `encode` included: a
+        // panic there would leave half a line behind); go on with it.
         self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -309,7 +313,7 @@ impl Recorder {
             busy: true,
             ..Inbox::default()
         };
-        inbox.take(Ev::Header(header), &[]);
+        inbox.put(Ev::Header(header), &[]);
         let shared = Arc::new(Shared {
             inbox: Mutex::new(inbox),
             wake: Notify::new(),
@@ -341,7 +345,7 @@ impl Recorder {
         ))
     }
 
-    /// Copy an event into the inbox; wait first while the inbox is full
+    /// Encode an event into the inbox; wait first while the inbox is full
     /// (the time counted in [`Summary::waited`] and the metrics).
     async fn push(&self, ev: Ev, payload: &[u8]) {
         let mut ev = Some(ev);
@@ -374,7 +378,7 @@ impl Recorder {
         let shared = &self.shared;
         let (start, wake) = {
             let mut ib = shared.lock();
-            if ib.lost {
+            if ib.lost || ib.stopped {
                 // Nothing takes the inbox any more; already reported.
                 return true;
             }
@@ -382,7 +386,7 @@ impl Recorder {
                 return false;
             }
             let Some(e) = ev.take() else { return true };
-            ib.take(e, payload);
+            ib.put(e, payload);
             if ib.busy || ib.writer.is_none() {
                 (false, false)
             } else if ib.held() >= BATCH_BYTES {
@@ -528,17 +532,16 @@ impl Disk {
 
     /// Append `data` to the file, at `size`, through the page cache.
     ///
-    /// Not `O_DIRECT`, and no writeback started from here: both put the
+    /// Not `O_DIRECT`, and no wait here for writeback: both put the
     /// device on the recording's path. Direct writes to the end of an ext4
     /// file run one at a time and wait for the device (2.3 to 3.4 ms per
     /// MiB here, however many are queued), and starting writeback every
     /// 8 MiB (`sync_file_range`) and waiting for the step before blocked
     /// the writing thread as surely: bulk output with recording measured
     /// 0.63x and 0.69x of recording off that way, 0.88x with plain writes,
-    /// which return once the bytes are in memory and leave the device to
-    /// the kernel's writeback and the once-a-second sync
-    /// (docs/BENCHMARKS.md, session 12). The sync then drops what it wrote
-    /// from the page cache ([`drop_cached`]).
+    /// which return once the bytes are in memory (docs/BENCHMARKS.md,
+    /// session 12). Writeback is started, not waited for, by
+    /// [`Disk::stream`]; the once-a-second sync makes it durable.
     fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         self.file.write_all_at(data, self.size)
@@ -546,22 +549,28 @@ impl Disk {
 }
 
 /// Sync `file`, whose first `to` bytes are written, note them durable,
-/// and drop `from..to` (synced before or now) from the page cache.
+/// and drop `from..to` (synced before or now) from the page cache, unless
+/// the recording has failed: a sync after a refused one succeeds (the
+/// kernel reports a writeback error once), and the page cache may then
+/// hold the only copy of what the device refused.
 fn sync_through(file: &std::fs::File, shared: &Shared, from: u64, to: u64) -> std::io::Result<()> {
     file.sync_data()?;
     shared.durable.fetch_max(to, Ordering::Relaxed);
-    drop_cached(file, from, to);
+    if !shared.failed.load(Ordering::SeqCst) {
+        drop_cached(file, from, to);
+    }
     Ok(())
 }
 
-/// Drop `from..to` of `file`, synced already, from the page cache: a
+/// Drop `from..to` of `file` from the page cache, starting writeback of
+/// the dirty pages in it (those stay, and a later call drops them): a
 /// recording is written once and read rarely (replay, audit), so a long
 /// one should not sit in memory. Both ends are taken down to a page
 /// boundary: the page the next write goes into stays (dropped, the write
-/// would read it back first), and is dropped by the next call, whose
-/// `from` is this one's `to` (the kernel would round a `from` inside a
-/// page up, and keep that page for good). Advice: an error here is not
-/// the recording's.
+/// would read it back first), and is dropped by a later call, whose
+/// `from` is at or before this one's `to` (the kernel would round a
+/// `from` inside a page up, and keep that page for good). Advice: an
+/// error here is not the recording's.
 pub fn drop_cached(file: &std::fs::File, from: u64, to: u64) {
     let page = rustix::param::page_size().max(1) as u64;
     let from = from / page * page;
@@ -644,15 +653,23 @@ impl Disk {
     }
 
     /// Every [`STREAM_STEP`], start writeback of what was written and drop
-    /// what was written before it (clean by then) from the page cache: one
+    /// what was written before it (clean by then on a disk that keeps up;
+    /// else the next sync drops it) from the page cache: one
     /// `POSIX_FADV_DONTNEED` over both does each. The recording then
-    /// cycles through a few MiB of page cache instead of taking a second
-    /// of bulk output's worth of fresh pages between syncs (page-cache
-    /// pages freed a second later are pages the next second must take
-    /// new: on a VM that hands freed memory back to the host, a first
-    /// touch each). Nothing waits for the device here; the once-a-second
-    /// sync still makes it durable. Not once the recording has failed:
-    /// after a refused write the page cache may hold the only copy.
+    /// cycles through about 24 MiB of page cache instead of taking a
+    /// second of bulk output's worth of fresh pages between syncs
+    /// (page-cache pages freed a second later are pages the next second
+    /// must take new: on a VM that hands freed memory back to the host, a
+    /// first touch each). Nothing here waits for writeback to finish;
+    /// starting it can wait for a full device queue, which slows a
+    /// recording on a disk slower than its session, as it should. The
+    /// once-a-second sync makes it durable.
+    ///
+    /// Not once the recording has failed. A writeback that fails between
+    /// two syncs leaves its pages clean, and this may drop them before the
+    /// next sync reports the failure (within a second): the recording
+    /// then fails as it would have, but without a copy of the refused
+    /// bytes in memory. Nothing that reached the device is at risk.
     fn stream(&mut self, shared: &Shared) {
         if self.size < self.cached_from + STREAM_STEP + STREAM_KEEP
             || shared.failed.load(Ordering::Relaxed)
@@ -718,6 +735,10 @@ impl Job {
             shared.room.notify_waiters();
             w.write(&shared);
             let mut ib = shared.lock();
+            if w.disk.error.is_some() {
+                ib.stopped = true;
+                ib.clear();
+            }
             let more = !ib.is_empty();
             if more && background::waiting() == 0 {
                 continue;
@@ -1384,6 +1405,51 @@ mod tests {
             .expect("fincore prints a byte count")
     }
 
+    /// Write `mib` 1 MiB batches straight through a recording's file side,
+    /// `pause` apart, with the recording marked failed first or not; how
+    /// much of the file is in the page cache after.
+    #[cfg(target_os = "linux")]
+    async fn streamed(mib: usize, pause: Duration, failed: bool) -> (u64, u64) {
+        let dir = on_disk();
+        let (rec, done) = Recorder::start(dir.path(), "stream", 80, 24, "t".into())
+            .await
+            .expect("start");
+        settled(&rec).await;
+        let mut w = rec.shared.lock().writer.take().expect("writer idle");
+        let shared = rec.shared.clone();
+        shared.failed.store(failed, Ordering::SeqCst);
+        let mut batch = Batch::default();
+        batch.bytes.resize(1 << 20, b'x');
+        for _ in 0..mib {
+            w.disk.flush(&batch, &shared);
+            tokio::time::sleep(pause).await;
+        }
+        let cached = cached_bytes(&rec.path);
+        let size = w.disk.size;
+        rec.shared.lock().writer = Some(w);
+        drop(rec);
+        let _ = done.await;
+        (cached, size)
+    }
+
+    /// While a recording is written, what it wrote [`STREAM_KEEP`] and
+    /// more before is dropped from the page cache, well before the
+    /// once-a-second sync; and nothing is once it has failed.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_recording_streams_through_the_page_cache_until_it_fails() {
+        let pause = Duration::from_millis(5);
+        let (cached, size) = streamed(48, pause, false).await;
+        assert!(size >= 48 << 20);
+        let most = STREAM_STEP + STREAM_KEEP + (8 << 20);
+        assert!(cached <= most, "{cached} of {size} bytes cached");
+        let (cached, size) = streamed(48, pause, true).await;
+        assert!(
+            cached >= size - (4 << 20),
+            "{cached} of {size} bytes cached after a failure"
+        );
+    }
+
     /// A recording [`SYNC_STEP`] bytes ahead of the device leaves the sync
     /// to the writer task, and one [`UNSYNCED_MAX`] ahead syncs before it
     /// writes on (its session waits for the disk).
@@ -1403,7 +1469,7 @@ mod tests {
         let mut batch = Batch::default();
         batch.bytes.extend_from_slice(b"[0.1,\"o\",\"x\"]\n");
         disk.flush(&batch, &shared);
-        assert_eq!(durable(&shared), base, "synced on the session's path early");
+        assert_eq!(durable(&shared), base, "synced on the job's path early");
         // The writer task syncs it, off the session's path.
         let t0 = Instant::now();
         while durable(&shared) < disk.size {
@@ -1449,9 +1515,9 @@ mod tests {
         );
     }
 
-    /// A long recording does not pile up in the page cache: what the
-    /// once-a-second sync put on the device is dropped from it while the
-    /// recording goes on, and the rest once it ends.
+    /// A long recording does not pile up in the page cache: what was
+    /// streamed out or synced is dropped from it while the recording goes
+    /// on, and the rest once it ends.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_long_recording_keeps_little_of_itself_in_the_page_cache() {
@@ -1526,6 +1592,10 @@ mod tests {
     async fn two_handles_lose_nothing_and_keep_their_order_past_a_full_inbox() {
         let (_dir, rec, done) = new_recording("busy").await;
         let path = rec.path.clone();
+        // No job takes the inbox until it is full, so both handles meet it
+        // full at least once.
+        settled(&rec).await;
+        rec.shared.lock().busy = true;
         let chunks = 3 * INBOX_MAX / 30_000;
         let out = rec.clone();
         let outputs = tokio::spawn(async move {
@@ -1550,10 +1620,20 @@ mod tests {
             }
             sent
         });
+        let t0 = Instant::now();
+        while rec.shared.lock().held() < INBOX_MAX {
+            assert!(t0.elapsed() < Duration::from_secs(10), "inbox never filled");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Job::start(&rec.shared);
         let (sent_out, sent_in) = (outputs.await.expect("out"), inputs.await.expect("in"));
         drop(rec);
         let summary = done.await.expect("writer");
         assert!(summary.error.is_none(), "{:?}", summary.error);
+        assert!(
+            summary.waited > Duration::ZERO,
+            "no handle met a full inbox"
+        );
         let (_, ev) = read(&path).expect("parses");
         let mut got_out = String::new();
         let mut markers = 0;
@@ -1725,8 +1805,8 @@ mod tests {
         settled(&rec).await;
         // No job takes the inbox while it is marked busy with none queued.
         rec.shared.lock().busy = true;
-        // A resize line is at least 16 bytes (`[0.1,"r","80x24"]` and
-        // its newline), so twice this many cannot fit.
+        // A resize line is at least 18 bytes (`[0.0,"r","80x24"]` and
+        // its newline), so twice INBOX_MAX / 16 of them cannot fit.
         let room = INBOX_MAX / 16;
         let flooder = rec.clone();
         let flood = tokio::spawn(async move {
