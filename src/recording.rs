@@ -179,8 +179,9 @@ impl Inbox {
         encode(ev, payload, batch, out_dec, in_dec);
     }
 
-    /// Drop what waits and the buffers that held it.
-    fn clear(&mut self) {
+    /// Drop what waits and free the buffer that held it (unlike
+    /// [`Batch::clear`], which keeps it for the next batch).
+    fn discard(&mut self) {
         self.batch = Batch::default();
     }
 }
@@ -589,6 +590,12 @@ struct Batch {
 }
 
 impl Batch {
+    /// Empty the batch, keeping its buffers.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+    }
+
     /// The encoded bytes.
     fn encoded(&self) -> &[u8] {
         &self.bytes
@@ -621,8 +628,7 @@ impl Writer {
     /// refused a write) and empty it for the next swap.
     fn write(&mut self, shared: &Shared) {
         self.disk.flush(&self.batch, shared);
-        self.batch.bytes.clear();
-        self.batch.starts.clear();
+        self.batch.clear();
     }
 }
 
@@ -737,7 +743,7 @@ impl Job {
             let mut ib = shared.lock();
             if w.disk.error.is_some() {
                 ib.stopped = true;
-                ib.clear();
+                ib.discard();
             }
             let more = !ib.is_empty();
             if more && background::waiting() == 0 {
@@ -768,7 +774,7 @@ impl Drop for Job {
             ib.lost = true;
             ib.busy = false;
             ib.writer = None;
-            ib.clear();
+            ib.discard();
         }
         self.shared.failed.store(true, Ordering::SeqCst);
         tracing::error!(parent: &self.shared.span, "recording writer lost: the recording ends here");
@@ -798,7 +804,7 @@ fn free_buffers(shared: &Shared) -> bool {
     if ib.busy || !ib.is_empty() {
         return false;
     }
-    ib.clear();
+    ib.discard();
     if let Some(w) = ib.writer.as_mut() {
         w.batch = Batch::default();
     }
