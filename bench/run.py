@@ -452,6 +452,23 @@ class Postern:
     def recordings_bytes(self):
         return sum(f.stat().st_size for f in self.recordings.glob("*.cast"))
 
+    def log_size(self):
+        try:
+            return (self.dir / "postern.log").stat().st_size
+        except OSError:
+            return 0
+
+    def recording_waits(self, since):
+        """Milliseconds each session ended since byte `since` of the log
+        waited for its recording (postern logs it when not 0)."""
+        try:
+            with open(self.dir / "postern.log", "rb") as f:
+                f.seek(since)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [int(m) for m in re.findall(r"it waited (\d+) ms in all for the recording", text)]
+
 
 # --------------------------------------------------------------------------
 # the bench
@@ -701,6 +718,7 @@ class Bench:
         size = self.args.size_mib * MiB
         configs = configs or self.configs()
         data = {c: {"wall": [], "cpu": []} for c in configs}
+        logs = {c: (p, p.log_size()) for c, p in (("B2", self.pa), ("B3", self.pb)) if p and c in configs}
         for r in range(runs):
             for cfg in configs:
                 check_deadline(f"{name} {cfg}")
@@ -726,6 +744,9 @@ class Bench:
                 data[cfg]["cpu"].append(cpu)
                 log(f"bench: {name} {cfg} run {r + 1}: {wall:.2f}s "
                     f"{size / MiB / wall:.0f} MiB/s cpu {cpu}")
+        # A session logs its wait as it closes, just after its client exits.
+        time.sleep(0.5)
+        waits = {c: p.recording_waits(at) for c, (p, at) in logs.items()}
         out = {}
         for cfg, d in data.items():
             wall = statistics.median(d["wall"])
@@ -744,6 +765,12 @@ class Bench:
             rb = [c["recording_bytes"] for c in d["cpu"] if "recording_bytes" in c]
             if rb:
                 res["recording_mib"] = statistics.median(rb) / MiB
+            if cfg in waits:
+                # Sessions that did not wait log nothing: zeros for them.
+                # Retried runs' sessions count too, so this is of all runs.
+                w = waits[cfg] + [0] * max(0, len(d["wall"]) - len(waits[cfg]))
+                res["recording_wait_ms"] = statistics.median(w)
+                res["recording_wait_ms_runs"] = waits[cfg]
             out[cfg] = res
         self.results["scenarios"][name] = out
 
@@ -1355,6 +1382,7 @@ def table(results):
         rows.append(("  target sshd CPU s/GiB (output)", [fmt(g("output", c, "target_cpu_s_per_gib"), "{:.2f}") for c in cfgs]))
         rows.append(("  client ssh CPU s/GiB (output)", [fmt(g("output", c, "client_cpu_s_per_gib"), "{:.2f}") for c in cfgs]))
         rows.append(("  max foreign CPU share in a run (output)", [fmt(100 * (g("output", c, "foreign_share_max") or 0), "{:.0f}%") for c in cfgs]))
+        rows.append(("  session's wait on its recording, ms (output)", [fmt(g("output", c, "recording_wait_ms"), "{:.0f}") for c in cfgs]))
     if "input" in s:
         rows.append(("Bulk input, MiB/s (median of %d)" % results["meta"]["runs"],
                      [fmt(g("input", c, "mib_s")) for c in cfgs]))
@@ -1373,6 +1401,7 @@ def table(results):
     if "gate" in s:
         rows.append(("Bulk output through the read-only gate, MiB/s", [fmt(g("gate", c, "mib_s")) for c in cfgs]))
         rows.append(("  postern CPU s/GiB (gate)", [fmt(g("gate", c, "postern_cpu_s_per_gib"), "{:.2f}") for c in cfgs]))
+        rows.append(("  session's wait on its recording, ms (gate)", [fmt(g("gate", c, "recording_wait_ms"), "{:.0f}") for c in cfgs]))
     if "forward" in s:
         rows.append(("Port-forward -L download, MiB/s", [fmt(g("forward", c, "mib_s")) for c in cfgs]))
         rows.append(("  postern CPU s/GiB (forward)", [fmt(g("forward", c, "postern_cpu_s_per_gib"), "{:.2f}") for c in cfgs]))
