@@ -458,13 +458,14 @@ class Postern:
         except OSError:
             return 0
 
-    def recording_waits(self, since):
-        """Milliseconds each session ended since byte `since` of the log
-        waited for its recording (postern logs it when not 0)."""
+    def recording_waits(self, since, until=None):
+        """Milliseconds each session that ended between bytes `since` and
+        `until` of the log waited for its recording (postern logs it when
+        not 0)."""
         try:
             with open(self.dir / "postern.log", "rb") as f:
                 f.seek(since)
-                text = f.read().decode(errors="replace")
+                text = f.read(-1 if until is None else max(0, until - since)).decode(errors="replace")
         except OSError:
             return []
         return [int(m) for m in re.findall(r"it waited (\d+) ms in all for the recording", text)]
@@ -718,11 +719,17 @@ class Bench:
         size = self.args.size_mib * MiB
         configs = configs or self.configs()
         data = {c: {"wall": [], "cpu": []} for c in configs}
-        logs = {c: (p, p.log_size()) for c, p in (("B2", self.pa), ("B3", self.pb)) if p and c in configs}
+        # Where each B2/B3 attempt began in its postern's log, and whether
+        # the attempt was kept: its session's wait line lies between that
+        # offset and the next attempt's (or the end).
+        marks = {c: [] for c in ("B2", "B3") if c in configs}
         for r in range(runs):
             for cfg in configs:
                 check_deadline(f"{name} {cfg}")
                 for attempt in range(self.args.retries + 1):
+                    if cfg in marks:
+                        p = self.pa if cfg == "B2" else self.pb
+                        marks[cfg].append([p.log_size(), False])
                     stdin = open(self.bulk_file, "rb") if use_stdin else subprocess.DEVNULL
                     try:
                         wall, cpu = self.timed_run(cfg, remote, stdin, variant)
@@ -733,6 +740,9 @@ class Bench:
                         p = self.pa if cfg == "B2" else self.pb
                         cpu["recording_bytes"] = p.recordings_bytes()
                         p.clear_recordings()
+                    if cfg in marks:
+                        marks[cfg][-1][1] = (cpu["foreign_share"] <= 0.10
+                                             or attempt == self.args.retries)
                     if cpu["foreign_share"] <= 0.10:
                         break
                     log(f"bench: {name} {cfg} run {r + 1}: other processes used "
@@ -746,7 +756,12 @@ class Bench:
                     f"{size / MiB / wall:.0f} MiB/s cpu {cpu}")
         # A session logs its wait as it closes, just after its client exits.
         time.sleep(0.5)
-        waits = {c: p.recording_waits(at) for c, (p, at) in logs.items()}
+        waits = {}
+        for c, m in marks.items():
+            p = self.pa if c == "B2" else self.pb
+            ends = [at for at, _ in m[1:]] + [None]
+            # A session that did not wait logs nothing: 0 for it.
+            waits[c] = [sum(p.recording_waits(at, end)) for (at, kept), end in zip(m, ends) if kept]
         out = {}
         for cfg, d in data.items():
             wall = statistics.median(d["wall"])
@@ -765,11 +780,9 @@ class Bench:
             rb = [c["recording_bytes"] for c in d["cpu"] if "recording_bytes" in c]
             if rb:
                 res["recording_mib"] = statistics.median(rb) / MiB
-            if cfg in waits:
-                # Sessions that did not wait log nothing: zeros for them.
-                # Retried runs' sessions count too, so this is of all runs.
-                w = waits[cfg] + [0] * max(0, len(d["wall"]) - len(waits[cfg]))
-                res["recording_wait_ms"] = statistics.median(w)
+            if waits.get(cfg):
+                # One figure per kept run, in run order.
+                res["recording_wait_ms"] = statistics.median(waits[cfg])
                 res["recording_wait_ms_runs"] = waits[cfg]
             out[cfg] = res
         self.results["scenarios"][name] = out
