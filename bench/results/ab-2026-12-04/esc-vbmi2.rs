@@ -1,92 +1,13 @@
-fn escape(out: &mut Vec<u8>, b: &[u8], ascii: bool) -> usize {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut rest = b;
-    loop {
-        // Escapes come in runs (`\r\n`, `\u001b[`): look at the next byte
-        // before scanning.
-        let at = if rest.first().copied().is_some_and(needs_escape) {
-            0
-        } else {
-            next_special(rest, ascii)
-        };
-        let Some((&c, after)) = rest.get(at..).and_then(<[u8]>::split_first) else {
-            out.extend_from_slice(rest);
-            return b.len();
-        };
-        out.extend_from_slice(&rest[..at]);
-        if c > 0x7f {
-            return b.len() - rest.len() + at;
-        }
-        // The letter after the backslash, or 0 for a `\u00XX` escape.
-        let short = match c {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0x08 => b'b',
-            0x0c => b'f',
-            _ => 0,
-        };
-        if short != 0 {
-            out.extend_from_slice(&[b'\\', short]);
-        } else {
-            let hex = |n: u8| HEX[usize::from(n & 0xf)];
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hex(c >> 4), hex(c)]);
-        }
-        rest = after;
-    }
-}
-
-/// Whether JSON needs `c` escaped: `"`, `\` and the C0 controls.
-fn needs_escape(c: u8) -> bool {
-    c < 0x20 || c == b'"' || c == b'\\'
-}
-
-/// Where the first byte of `b` that needs escaping (or, with `ascii`, is
-/// above 0x7f) is, or `b.len()`.
-///
-/// Sixteen bytes at a time as two words whose flag bits are set where a
-/// byte is below 0x20, `"` or `\`. A flag can also be set wrongly above a
-/// rightly flagged byte (a borrow carries upward), never below one, so the
-/// lowest flag is always right and it is the only one used.
-fn next_special(b: &[u8], ascii: bool) -> usize {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
-    // Bytes above 0x7f have their own bit set: an exact flag.
-    let high = if ascii { HI } else { 0 };
-    let flags = |w: &[u8]| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        let w = u64::from_le_bytes(a);
-        (w & high)
-            | (w.wrapping_sub(LO * 0x20) & !w & HI)
-            | zero(w ^ (LO * u64::from(b'"')))
-            | zero(w ^ (LO * u64::from(b'\\')))
-    };
-    let mut blocks = b.chunks_exact(16);
-    let mut at = 0;
-    for block in &mut blocks {
-        let (x, y) = (flags(&block[..8]), flags(&block[8..]));
-        if x | y != 0 {
-            // Little-endian: the lowest flag is the earliest byte.
-            let first = if x != 0 {
-                x.trailing_zeros() / 8
-            } else {
-                8 + y.trailing_zeros() / 8
-            };
-            return at + first as usize;
-        }
-        at += 16;
-    }
-    let tail = blocks.remainder();
-    at + tail
-        .iter()
-        .position(|&c| needs_escape(c) || (ascii && c > 0x7f))
-        .unwrap_or(tail.len())
-}
-
+// Scratch benchmark (session 14), not part of postern: an AVX-512 VBMI2
+// JSON escaper checked and timed against postern's current one. To build
+// it, put postern's escaper in front of this file (it is not copied here):
+//
+//   mkdir -p /tmp/esc/src && cd /tmp/esc
+//   printf '[package]\nname = "esc"\nversion = "0.1.0"\nedition = "2021"\n[profile.release]\nlto = true\ncodegen-units = 1\n' > Cargo.toml
+//   sed -n '/^fn escape(out: &mut Vec<u8>, b: &\[u8\], ascii: bool) -> usize {/,/^fn round/p' \
+//     /work/main/src/recording.rs | sed '$d' > src/main.rs   # escape, needs_escape, next_special (e5f7762)
+//   cat /work/main/bench/results/ab-2026-12-04/esc-vbmi2.rs >> src/main.rs
+//   cargo build --release && ./target/release/esc
 
 use std::arch::x86_64::*;
 
