@@ -726,9 +726,9 @@ class Bench:
         for r in range(runs):
             for cfg in configs:
                 check_deadline(f"{name} {cfg}")
+                p = {"B2": self.pa, "B3": self.pb}.get(cfg)
                 for attempt in range(self.args.retries + 1):
                     if cfg in marks:
-                        p = self.pa if cfg == "B2" else self.pb
                         marks[cfg].append([p.log_size(), False])
                     stdin = open(self.bulk_file, "rb") if use_stdin else subprocess.DEVNULL
                     try:
@@ -737,7 +737,6 @@ class Bench:
                         if use_stdin:
                             stdin.close()
                     if cfg in ("B2", "B3"):
-                        p = self.pa if cfg == "B2" else self.pb
                         cpu["recording_bytes"] = p.recordings_bytes()
                         p.clear_recordings()
                     if cfg in marks:
@@ -758,7 +757,7 @@ class Bench:
         time.sleep(0.5)
         waits = {}
         for c, m in marks.items():
-            p = self.pa if c == "B2" else self.pb
+            p = {"B2": self.pa, "B3": self.pb}[c]
             ends = [at for at, _ in m[1:]] + [None]
             # A session that did not wait logs nothing: 0 for it.
             waits[c] = [sum(p.recording_waits(at, end)) for (at, kept), end in zip(m, ends) if kept]
