@@ -248,6 +248,66 @@ fn legitimate_read_only_work_keeps_working() {
     assert!(!g.canary.exists());
 }
 
+/// sed scripts that GNU sed reads differently from a plain reading (a
+/// delimiter inside a bracket expression) once put the `e` flag, or a `w`
+/// file, where the checker took it for part of an address: the shapes an
+/// adversarial review found, each refused and without effect on the
+/// target. The canary's path is written with `\/`, as the script needs.
+#[test]
+fn sed_scripts_sed_reads_otherwise_are_refused_without_effect() {
+    let g = gate();
+    let canary = g.canary.display().to_string();
+    let escaped = canary.replace('/', "\\/");
+    // (`%`, which no temporary path holds, ends the `\%...%` address the
+    // old reading saw in the `w` line.)
+    let written = format!("{canary}%p");
+    let lines = [
+        format!("sed -n 's/.*[/]*/ \\`touch {escaped}`p/e;s/p/p/p' /var/log/app/app.log"),
+        "sed -n 's/.*[/]*/ \\`id 1>\\&2`p/e;s/p/p/p' /var/log/app/app.log".to_string(),
+        format!("sed -n 's/[/]/;\\%/w {written}' /var/log/app/app.log"),
+    ];
+    for line in &lines {
+        let out = g.run(&g.expand(line));
+        let err = text(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "{line:?} must be refused: {err:?}"
+        );
+        assert!(err.contains("sed: script refused"), "{line:?}: {err:?}");
+        assert!(!text(&out.stdout).contains("uid="), "{line:?} ran id");
+        assert!(!g.canary.exists(), "{line:?} created the canary");
+        assert!(!Path::new(&written).exists(), "{line:?} wrote a file");
+    }
+    // The checker is the first wall; sed itself runs sandboxed behind it,
+    // and the sandbox does not get in the way of reading.
+    let out = g.run(&g.expand("sed -n 's/[0-9]*error/E/p' /var/log/app/app.log"));
+    assert_eq!(
+        text(&out.stdout),
+        "E two words\nE four\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A read-only tool that loops or grows without end is stopped on the
+/// target by the limits every gated command runs under, not left running
+/// after its session: `H;G;D` doubles sed's memory every cycle.
+#[test]
+fn a_runaway_read_only_command_is_stopped_on_the_target() {
+    let g = gate();
+    let started = std::time::Instant::now();
+    let out = g.run(&g.expand("sed -n 'H;G;D' /var/log/app/app.log"));
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("memory exhausted"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn a_pty_less_is_no_pager_and_bang_does_nothing() {
     let g = gate();

@@ -128,3 +128,70 @@ proptest! {
         }
     }
 }
+
+/// sed runs in its own sandbox behind the gate's checker: were the checker
+/// to pass an `e` or `w` script (as it once did, reading a bracket
+/// expression unlike GNU sed), the real sed refuses it. The script the
+/// gate builds is run by the real `sh` and `sed`, with the accepted script
+/// swapped for one the checker refuses.
+#[test]
+fn sed_runs_sandboxed_behind_the_checker() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("a.log");
+    std::fs::write(&log, "one\ntwo\n").expect("log");
+    let canary = dir.path().join("canary");
+    let mut p = Policy::default();
+    p.add_file(
+        Path::new("sed.toml"),
+        &format!(
+            "[role.r]\nlogins = [\"qa\"]\nmode = \"read-only\"\n\
+             commands = [\"sed -n <arg> {}/**\"]\napprovals = {{ required = 1, from = [\"lead\"] }}\n",
+            dir.path().display()
+        ),
+    )
+    .expect("policy");
+    let role = p.roles.remove("r").expect("role");
+    let mut allowed = gate::check(&role, &format!("sed -n 2p {}", log.display())).expect("allowed");
+    let run = |allowed: &gate::Allowed| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(gate::posix_script(allowed))
+            .output()
+            .expect("sh")
+    };
+    let out = run(&allowed);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "two\n");
+    for script in [
+        format!("1e touch {}", canary.display()),
+        format!("s/o/x/w {}", canary.display()),
+    ] {
+        let stage = &mut allowed.stages[0];
+        let at = stage
+            .iter()
+            .position(|w| w == "2p" || w.contains("canary"))
+            .expect("script");
+        stage[at] = script.clone();
+        let out = run(&allowed);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("sandbox"), "{script}: {err}");
+        assert!(!canary.exists(), "{script} ran");
+    }
+}
+
+/// Every gated command runs under CPU and memory limits.
+#[test]
+fn gated_commands_run_under_limits() {
+    let r = role();
+    let allowed = gate::check(&r, "id").expect("allowed");
+    let script = gate::posix_script(&allowed).replace("'id'", "sh -c 'ulimit -t; ulimit -d'");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("sh");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "300\n1048576\n",
+        "{script}"
+    );
+}

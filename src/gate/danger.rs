@@ -230,7 +230,7 @@ pub fn tool_warning(cmd: &str) -> Option<&'static str> {
     } else {
         match name {
             "find" => Some("admits find; the gate refuses -exec/-execdir/-ok/-okdir/-delete/-fprint*/-fls"),
-            "sed" => Some("admits sed; the gate accepts only scripts of p/d/q/=/s (no e/w/r flags or commands) and no -i"),
+            "sed" => Some("admits sed; the gate accepts only scripts of p/d/q/=/s (no e/w/r flags or commands) and no -i, and runs sed with --sandbox"),
             "awk" => Some(
                 "admits awk; the gate refuses programs using system, getline, pipes, redirection, ARGV, ENVIRON, \
                  SYMTAB or @, and -f",
@@ -608,6 +608,16 @@ pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
         }
     };
     // Read a delimited section starting after the opening delimiter.
+    //
+    // Seds disagree on bracket expressions: GNU sed reads a delimiter
+    // inside `[...]` as part of the regex (`s/[/]/x/`), a plain reading
+    // ends the regex there, and a checker that reads a script one way
+    // while sed reads it the other is a field out of step from then on
+    // (an adversarial review's `s/.*[/]*/CMD/e;...`: the old reading took
+    // its `e` flag for part of an address). So a bracket expression is
+    // accepted only where every reading agrees on where it ends: with
+    // neither the delimiter nor a backslash inside it. (sed runs with
+    // `--sandbox` as well: [`sandbox_flag`].)
     let delimited = |i: &mut usize, d: char| -> Result<(), String> {
         while *i < n {
             if c[*i] == '\\' {
@@ -617,6 +627,20 @@ pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
             if c[*i] == d {
                 *i += 1;
                 return Ok(());
+            }
+            if c[*i] == '[' {
+                let end = bracket_end(&c, *i).ok_or("unterminated bracket expression")?;
+                if c[*i..=end]
+                    .iter()
+                    .any(|&x| x == d || x == '\\' || x == '\n')
+                {
+                    return Err(format!(
+                        "a bracket expression holding the delimiter {d:?} or a backslash \
+                         (seds read it differently)"
+                    ));
+                }
+                *i = end + 1;
+                continue;
             }
             *i += 1;
         }
@@ -643,6 +667,9 @@ pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
                 }
             } else if i + 1 < n && c[i] == '\\' {
                 let d = c[i + 1];
+                if d == '[' || d == ']' || d == '\\' || d == '\n' {
+                    return Err("bad address delimiter".into());
+                }
                 i += 2;
                 delimited(&mut i, d)?;
             }
@@ -673,6 +700,9 @@ pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
                     return Err("bad delimiter".into());
                 }
                 let d = c[i];
+                if d == '[' || d == ']' {
+                    return Err("bad delimiter".into());
+                }
                 i += 1;
                 delimited(&mut i, d)?;
                 delimited(&mut i, d)?;
@@ -688,6 +718,44 @@ pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
             other => return Err(format!("command {other:?} is not allowed")),
         }
     }
+}
+
+/// Where the bracket expression opening at `c[open]` (a `[`) ends, the
+/// index of its closing `]`, read as POSIX reads it: a `]` first (after an
+/// optional `^`) is a member, and `[:class:]`, `[=x=]`, `[.x.]` are read
+/// whole. `None` if it does not end.
+fn bracket_end(c: &[char], open: usize) -> Option<usize> {
+    let mut j = open + 1;
+    if c.get(j) == Some(&'^') {
+        j += 1;
+    }
+    if c.get(j) == Some(&']') {
+        j += 1;
+    }
+    loop {
+        match *c.get(j)? {
+            ']' => return Some(j),
+            '[' if matches!(c.get(j + 1), Some(':' | '.' | '=')) => {
+                let k = c[j + 1];
+                j += 2;
+                while !(*c.get(j)? == k && c.get(j + 1) == Some(&']')) {
+                    j += 1;
+                }
+                j += 2;
+            }
+            _ => j += 1,
+        }
+    }
+}
+
+/// The option that puts `cmd` in its own sandbox, if it has one the gate
+/// adds to every run: GNU sed's `--sandbox` refuses the `e`, `w` and `r`
+/// commands and flags whatever the checker above made of the script (a
+/// second wall behind [`sed_script_is_safe`], which re-reads a language
+/// the tool itself reads best). A sed without it (busybox) refuses to
+/// start: the command fails closed.
+pub fn sandbox_flag(cmd: &str) -> Option<&'static str> {
+    (tool(cmd) == "sed").then_some("--sandbox")
 }
 
 #[cfg(test)]
@@ -730,6 +798,51 @@ mod tests {
         ] {
             assert!(sed_script_is_safe(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Bracket expressions: accepted where every sed agrees on where the
+    /// regex ends, refused where GNU sed and a plain reading part ways
+    /// (the delimiter or a backslash inside), whatever the rest says.
+    #[test]
+    fn sed_bracket_expressions_are_read_as_every_sed_reads_them() {
+        for ok in [
+            "s/[0-9]*/N/g",
+            "/[[:digit:]]x/p",
+            "s/[]a]/b/",
+            "s/[^]a]/b/",
+            "s|[/]|x|",
+            "/[=e=][.a.]/p",
+            "s/a/[&]/",
+        ] {
+            assert!(sed_script_is_safe(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            // the review's: the `e` flag and `w` file past a `[/]`
+            "s/.*[/]*/ `touch \\/tmp\\/x`p/e;s/p/p/p",
+            "s/.*[/]*/ `id 1>\\&2`p/e;s/p/p/p",
+            "s/[/]/;\\Z/w /tmp/x/outZp",
+            "s/[/]/;\\i/w /home/qa/.bash_login",
+            // the same class in addresses, in `y`, with other delimiters
+            "/[/]/p;s/a/b/w /tmp/x",
+            "\\,[,],p;1e id",
+            "s|[|]|x|;e id",
+            "y/[/]/;e id",
+            "s/[\\/]/x/",
+            "s/[[:alpha:]/]/x/",
+            "s/[a/x/",
+            "s/[[:alpha/x/",
+            "s[a[b[",
+            "\\[a[p",
+        ] {
+            assert!(sed_script_is_safe(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sed_runs_in_its_sandbox() {
+        assert_eq!(sandbox_flag("sed"), Some("--sandbox"));
+        assert_eq!(sandbox_flag("/usr/bin/sed"), Some("--sandbox"));
+        assert_eq!(sandbox_flag("grep"), None);
     }
 
     #[test]

@@ -35,6 +35,21 @@ const ENV_PREFIX: &str =
     "env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 TERM=dumb PAGER=cat \
 SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat";
 
+/// Limits every gated command runs under, per process: CPU seconds and
+/// KiB of data (heap and other private memory; file mappings, which
+/// journalctl and git make large, do not count). Read-only tools can still
+/// loop or grow without end (`sed -n 'G;D'` never stops, `sed -n 'H;G;D'`
+/// doubles its memory every line, `awk 'BEGIN{while(1);}'`), and a
+/// command that writes nothing runs on after its session has gone, since
+/// only a write to the closed channel would stop it. Five minutes of CPU
+/// is generous for reading: on the benchmark machine grep went through
+/// 256 MiB of log in 0.25 CPU s and awk in 0.4, so 300 s is a grep
+/// through some 300 GiB. GNU sort sizes its buffer to the data limit and
+/// spills to temporary files beyond it.
+/// `ulimit` can only lower a limit: where the target's own is lower, it
+/// stands (the error is dropped).
+const LIMITS: &str = "ulimit -t 300 2>/dev/null; ulimit -d 1048576 2>/dev/null;";
+
 /// Longest pipeline the gate runs.
 const MAX_STAGES: usize = 8;
 
@@ -118,6 +133,10 @@ pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
                 .chain(std::iter::once("--".to_string()))
                 .chain(files)
                 .collect()
+        } else if let Some(flag) = danger::sandbox_flag(cmd) {
+            let mut argv = norm;
+            argv.insert(1, flag.to_string());
+            argv
         } else {
             norm
         };
@@ -138,10 +157,11 @@ fn is_assignment(word: &str) -> bool {
     }
 }
 
-/// The POSIX `sh` script for `allowed`: every word single-quoted, each
-/// stage under the fixed environment, stages joined by `|`.
+/// The POSIX `sh` script for `allowed`: the [`LIMITS`] first, then every
+/// word single-quoted, each stage under the fixed environment, stages
+/// joined by `|`.
 pub fn posix_script(allowed: &Allowed) -> String {
-    allowed
+    let stages = allowed
         .stages
         .iter()
         .map(|argv| {
@@ -149,7 +169,8 @@ pub fn posix_script(allowed: &Allowed) -> String {
             format!("{ENV_PREFIX} {}", words.join(" "))
         })
         .collect::<Vec<_>>()
-        .join(" | ")
+        .join(" | ");
+    format!("{LIMITS} {stages}")
 }
 
 /// The command string sent to the target. sshd hands it to the target
