@@ -308,6 +308,81 @@ fn a_runaway_read_only_command_is_stopped_on_the_target() {
     );
 }
 
+/// git's subcommands are an allowlist: a pattern `git -C REPO <word>`
+/// reads the repository and cannot change it (`stash` took an uncommitted
+/// change out of the working tree before, in an adversarial review).
+#[test]
+fn git_through_the_gate_reads_and_changes_nothing() {
+    let repo = tempfile::tempdir().expect("tmp").keep().join("app");
+    std::fs::create_dir_all(&repo).expect("repo");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("f"), "one\n").expect("f");
+    git(&["add", "f"]);
+    git(&["commit", "-q", "-m", "first"]);
+    std::fs::write(repo.join("f"), "one\nuncommitted\n").expect("f");
+    let r = repo.display().to_string();
+    let role = format!(
+        r#"[role.ro]
+requestable_by = ["qa"]
+logins = ["qa"]
+targets = ["env=prod"]
+mode = "read-only"
+commands = ["git -C {r} <word>", "git -C {r} <word> <arg>"]
+approvals = {{ required = 1, from = ["qa-lead"] }}
+"#
+    );
+    let b = Bastion::start_with(&role);
+    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
+    for line in [
+        "stash",
+        "stash clear",
+        "reset HEAD",
+        "checkout f",
+        "restore f",
+        "lg",
+    ] {
+        let out = b.login(
+            "alice",
+            &cert,
+            "qa",
+            &["web-1", &format!("git -C {r} {line}")],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "{line}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("not a read-only one"), "{line}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(repo.join("f")).expect("f"),
+        "one\nuncommitted\n",
+        "the working tree changed"
+    );
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &["web-1", &format!("git -C {r} diff")],
+    );
+    assert!(
+        text(&out.stdout).contains("+uncommitted"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn a_pty_less_is_no_pager_and_bang_does_nothing() {
     let g = gate();

@@ -238,7 +238,7 @@ pub fn tool_warning(cmd: &str) -> Option<&'static str> {
             "jq" => Some("admits jq; the gate refuses import/include/env/input and file options"),
             "grep" | "egrep" | "fgrep" | "zgrep" => Some("admits grep; the gate refuses -f/--file"),
             "tar" => Some("admits tar; the gate refuses extraction, creation and command options"),
-            "git" => Some("admits git; the gate refuses -c, --exec-path, --upload-pack and other command hooks"),
+            "git" => Some("admits git; the gate allows only read-only subcommands (log, show, diff, status, grep, ...) and refuses -c, --exec-path, --upload-pack and other command hooks"),
             "journalctl" => Some("admits journalctl; the gate refuses --vacuum*, --rotate, --file and state changes"),
             "sort" => Some("admits sort; the gate refuses -o/--output and --compress-program"),
             "systemctl" => Some("admits systemctl; the gate allows only status/show/list-*/is-*/cat verbs"),
@@ -457,6 +457,7 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                     return refuse(l);
                 }
             }
+            git_subcommand_is_read_only(args).or_else(|w| refuse(&w))?;
         }
         "journalctl" => {
             for a in args {
@@ -554,6 +555,74 @@ pub fn check(argv: &[String]) -> Result<(), String> {
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// git's subcommand, found past the global options, must be one that only
+/// reads: an allowlist, as for systemctl's verbs, because the subcommands
+/// that change a repository are many (`stash`, `reset`, `checkout`, `rm`,
+/// `commit`, `tag`, `maintenance start`, ...) and an alias or a `git-*`
+/// program on the target's PATH can be named anything. `branch`, `tag`,
+/// `remote`, `reflog` and `notes` read and write by their arguments and
+/// are left out. A global option the gate does not know is refused before
+/// the subcommand: whether it takes a value decides which word is the
+/// subcommand.
+fn git_subcommand_is_read_only(args: &[String]) -> Result<(), String> {
+    const VALUE: &[&str] = &["-C", "--namespace"];
+    const FLAG: &[&str] = &[
+        "--no-pager",
+        "-P",
+        "--no-replace-objects",
+        "--literal-pathspecs",
+        "--glob-pathspecs",
+        "--noglob-pathspecs",
+        "--icase-pathspecs",
+        "--no-optional-locks",
+        "--bare",
+    ];
+    const READ_ONLY: &[&str] = &[
+        "log",
+        "show",
+        "diff",
+        "status",
+        "blame",
+        "annotate",
+        "grep",
+        "shortlog",
+        "describe",
+        "ls-files",
+        "ls-tree",
+        "rev-parse",
+        "rev-list",
+        "cat-file",
+        "diff-tree",
+        "diff-files",
+        "diff-index",
+        "for-each-ref",
+        "show-ref",
+        "show-branch",
+        "name-rev",
+        "merge-base",
+        "count-objects",
+        "check-ignore",
+        "whatchanged",
+        "version",
+    ];
+    let mut i = 0;
+    while let Some(a) = args.get(i) {
+        let a = a.as_str();
+        if VALUE.contains(&a) {
+            i += 2;
+        } else if FLAG.contains(&a) || a.starts_with("--namespace=") {
+            i += 1;
+        } else if a.starts_with('-') {
+            return Err(format!("the global option {a} (not known to the gate)"));
+        } else if READ_ONLY.contains(&a) {
+            return Ok(());
+        } else {
+            return Err(format!("the subcommand {a} (not a read-only one)"));
+        }
     }
     Ok(())
 }
@@ -904,6 +973,48 @@ mod tests {
             v(&["tail", "-n", "5", "/var/log/a"]),
         ] {
             assert!(check(&ok).is_ok(), "{ok:?} must pass");
+        }
+    }
+
+    /// git's subcommands are an allowlist: what an adversarial review found
+    /// a `git -C /srv/app <word>` pattern admitting is refused, and reading
+    /// still works.
+    #[test]
+    fn git_runs_only_read_only_subcommands() {
+        for bad in [
+            &["git", "-C", "/srv/app", "stash"][..],
+            &["git", "-C", "/srv/app", "stash", "clear"],
+            &["git", "-C", "/srv/app", "reset", "HEAD~1"],
+            &["git", "-C", "/srv/app", "checkout", "HEAD~1"],
+            &["git", "-C", "/srv/app", "rm", "f"],
+            &["git", "-C", "/srv/app", "restore", "f"],
+            &["git", "-C", "/srv/app", "commit"],
+            &["git", "-C", "/srv/app", "tag", "x"],
+            &["git", "-C", "/srv/app", "branch", "x"],
+            &["git", "-C", "/srv/app", "maintenance", "start"],
+            &[
+                "git",
+                "-C",
+                "/srv/app",
+                "ls-remote",
+                "http://169.254.169.254/",
+            ],
+            &["git", "-C", "/srv/app", "lg"],
+            &["git", "--namespace", "log", "stash"],
+            &["git", "--unknown-option", "log"],
+            &["git", "-C", "/srv/app", "help", "log"],
+        ] {
+            assert!(check(&v(bad)).is_err(), "{bad:?} must be refused");
+        }
+        for ok in [
+            &["git", "-C", "/srv/app", "log", "-n", "5"][..],
+            &["git", "--no-pager", "-C", "/srv/app", "show", "HEAD"],
+            &["git", "-C", "/srv/app", "status"],
+            &["git", "-C", "/srv/app", "diff", "HEAD~1"],
+            &["git", "--namespace=x", "grep", "error"],
+            &["git"],
+        ] {
+            assert!(check(&v(ok)).is_ok(), "{ok:?} must pass");
         }
     }
 }
