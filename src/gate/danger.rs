@@ -111,6 +111,59 @@ const RUNS_CODE: &[&str] = &[
     "start-stop-daemon",
     "capsh",
     "setpriv",
+    // Launchers and wrappers that run the program named in their
+    // arguments (found past the table by an adversarial review: `time sh`,
+    // `taskset 1 sh`, `podman exec web sh`).
+    "time",
+    "taskset",
+    "chrt",
+    "prlimit",
+    "numactl",
+    "cgexec",
+    "sg",
+    "newgrp",
+    "sudoedit",
+    "valgrind",
+    "perf",
+    "ssh-agent",
+    "dbus-run-session",
+    "dbus-launch",
+    "xvfb-run",
+    "faketime",
+    "fakeroot",
+    "proot",
+    "unbuffer",
+    "rlwrap",
+    "entr",
+    "service",
+    "invoke-rc.d",
+    "logrotate",
+    "podman",
+    "nerdctl",
+    "crictl",
+    "ctr",
+    "lxc",
+    "lxc-attach",
+    "machinectl",
+    "systemd-nspawn",
+    "firejail",
+    "bwrap",
+    "toolbox",
+    "distrobox",
+    "oc",
+    "helm",
+    "busctl",
+    "dbus-send",
+    "gdbus",
+    "npm",
+    "npx",
+    "pip",
+    "gem",
+    "cargo",
+    "go",
+    "java",
+    "gcc",
+    "cc",
 ];
 
 /// Pagers and editors: they run commands (`!cmd`, `:!`) and must never run
@@ -159,10 +212,103 @@ pub const PAGED_AS_CAT: &[&str] = &["less", "more"];
 
 /// Programs whose purpose is to write or change files or the system.
 const WRITES: &[&str] = &[
-    "tee", "dd", "cp", "mv", "rm", "rmdir", "touch", "chmod", "chown", "chgrp", "ln", "mkdir",
-    "mknod", "mkfifo", "truncate", "install", "shred", "split", "csplit", "patch", "kill", "pkill",
-    "killall", "reboot", "shutdown", "halt", "poweroff", "mount", "umount", "useradd", "usermod",
-    "passwd", "iptables", "nft", "sysctl",
+    "tee",
+    "dd",
+    "cp",
+    "mv",
+    "rm",
+    "rmdir",
+    "touch",
+    "chmod",
+    "chown",
+    "chgrp",
+    "ln",
+    "mkdir",
+    "mknod",
+    "mkfifo",
+    "truncate",
+    "install",
+    "shred",
+    "split",
+    "csplit",
+    "patch",
+    "kill",
+    "pkill",
+    "killall",
+    "reboot",
+    "shutdown",
+    "halt",
+    "poweroff",
+    "mount",
+    "umount",
+    "useradd",
+    "usermod",
+    "passwd",
+    "iptables",
+    "nft",
+    "sysctl",
+    // Compressors replace the file they are given (read with zcat, xzcat,
+    // zstdcat, bzcat instead), package managers, firewalls, attributes,
+    // modules, accounts (an adversarial review found `gzip` and
+    // `ip6tables -F` past the table).
+    "gzip",
+    "gunzip",
+    "bzip2",
+    "bunzip2",
+    "xz",
+    "unxz",
+    "lzma",
+    "unlzma",
+    "zstd",
+    "unzstd",
+    "lz4",
+    "unlz4",
+    "lzop",
+    "pigz",
+    "pbzip2",
+    "zip",
+    "unzip",
+    "7z",
+    "7za",
+    "cpio",
+    "sponge",
+    "ip6tables",
+    "iptables-restore",
+    "ip6tables-restore",
+    "ebtables",
+    "arptables",
+    "ipset",
+    "chattr",
+    "setfacl",
+    "setcap",
+    "fallocate",
+    "mkfs",
+    "wipefs",
+    "userdel",
+    "groupadd",
+    "groupdel",
+    "groupmod",
+    "chpasswd",
+    "chsh",
+    "chfn",
+    "modprobe",
+    "insmod",
+    "rmmod",
+    "swapon",
+    "swapoff",
+    "ldconfig",
+    "update-alternatives",
+    "wall",
+    "write",
+    "logger",
+    "apt",
+    "apt-get",
+    "dpkg",
+    "rpm",
+    "yum",
+    "dnf",
+    "zypper",
+    "apk",
 ];
 
 /// The names a program is known by in the tables: the basename, and that
@@ -185,9 +331,30 @@ fn in_table(table: &[&str], cmd: &str) -> bool {
     names(cmd).iter().any(|n| table.contains(&n.as_str()))
 }
 
+/// Other names of the tools checked below, under which the same checks
+/// apply (`bsdtar -xf`, `rgrep -f` got past them by name).
+const VARIANTS: &[(&str, &str)] = &[
+    ("bsdtar", "tar"),
+    ("gtar", "tar"),
+    ("rgrep", "grep"),
+    ("xzgrep", "grep"),
+    ("bzgrep", "grep"),
+    ("lzgrep", "grep"),
+    ("zstdgrep", "grep"),
+    ("zegrep", "grep"),
+    ("zfgrep", "grep"),
+    ("gsed", "sed"),
+    ("gfind", "find"),
+];
+
 /// The canonical tool name used for option checks.
 fn tool(cmd: &str) -> String {
-    let n = names(cmd);
+    let mut n = names(cmd);
+    for (variant, canonical) in VARIANTS {
+        if n.iter().any(|x| x == variant) {
+            n.push(canonical.to_string());
+        }
+    }
     for known in [
         "find",
         "sed",
@@ -203,6 +370,7 @@ fn tool(cmd: &str) -> String {
         "uniq",
         "systemctl",
         "jq",
+        "ip",
     ] {
         if n.iter().any(|x| x == known) {
             return known.to_string();
@@ -296,29 +464,34 @@ pub fn check(argv: &[String]) -> Result<(), String> {
             let mut i = 0;
             let mut have_script = false;
             while i < args.len() {
-                let a = &args[i];
-                if a == "-e" || a == "--expression" {
-                    if let Some(s) = args.get(i + 1) {
-                        scripts.push(s.clone());
-                    }
-                    have_script = true;
-                    i += 2;
-                    continue;
-                }
-                if let Some(s) = a.strip_prefix("--expression=") {
-                    scripts.push(s.to_string());
-                    have_script = true;
-                } else if a.starts_with("-i")
-                    || a.starts_with("--in-place")
-                    || a == "-f"
-                    || a.starts_with("--file")
-                    || a == "-s"
-                    || a == "--separate"
-                    || (a.starts_with('-') && !a.starts_with("--") && a.contains(['i', 'f']))
+                let a = args[i].as_str();
+                // A script comes with -e, --expression (or any prefix of
+                // it), `=SCRIPT` or the next word; -e may close a bundle
+                // (`-ne SCRIPT`) or carry its script (`-es/a/b/`).
+                let short = a.strip_prefix('-').filter(|s| !s.starts_with('-'));
+                let attached = short.and_then(|s| s.find('e').map(|at| &s[at + 1..]));
+                if ["--in-place", "--file", "--separate"]
+                    .iter()
+                    .any(|b| is_long(a, b))
+                    || short.is_some_and(|s| s.contains(['i', 'f', 's']))
                 {
                     return refuse(a);
+                } else if is_long(a, "--expression") || attached == Some("") {
+                    match a.split_once('=').filter(|_| a.starts_with("--")) {
+                        Some((_, s)) => scripts.push(s.to_string()),
+                        None => {
+                            if let Some(s) = args.get(i + 1) {
+                                scripts.push(s.clone());
+                            }
+                            i += 1;
+                        }
+                    }
+                    have_script = true;
+                } else if let Some(s) = attached {
+                    scripts.push(s.to_string());
+                    have_script = true;
                 } else if !a.starts_with('-') && !have_script {
-                    scripts.push(a.clone());
+                    scripts.push(a.to_string());
                     have_script = true;
                 }
                 i += 1;
@@ -358,10 +531,7 @@ pub fn check(argv: &[String]) -> Result<(), String> {
         }
         "grep" | "egrep" | "fgrep" | "zgrep" => {
             for a in args {
-                if a == "--file"
-                    || a.starts_with("--file=")
-                    || (a.starts_with('-') && !a.starts_with("--") && a.contains('f'))
-                {
+                if is_long(a, "--file") || is_long(a, "--exclude-from") || has_short(a, 'f') {
                     return refuse(a);
                 }
                 if a == "--" {
@@ -389,23 +559,24 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                     "--volno-file",
                     "--remove-files",
                     "--overwrite",
+                    "--files-from",
+                    "--exclude-from",
                 ];
-                if long_bad
-                    .iter()
-                    .any(|b| l == *b || l.starts_with(&format!("{b}=")))
-                {
+                if long_bad.iter().any(|b| is_long(l, b)) {
                     return refuse(l);
                 }
                 if l.starts_with('-')
                     && !l.starts_with("--")
-                    && l.contains(['I', 'F', 'x', 'c', 'r', 'u', 'g'])
+                    && l.contains(['I', 'F', 'x', 'c', 'r', 'u', 'g', 'T', 'X'])
                 {
                     return refuse(l);
                 }
             }
             // Old-style first argument ("xf") counts as options too.
             if let Some(first) = args.first() {
-                if !first.starts_with('-') && first.contains(['x', 'c', 'r', 'u', 'I', 'F']) {
+                if !first.starts_with('-')
+                    && first.contains(['x', 'c', 'r', 'u', 'I', 'F', 'g', 'T', 'X'])
+                {
                     return refuse(first);
                 }
             }
@@ -449,10 +620,9 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                     "credential",
                     "-u",
                 ];
-                if bad
-                    .iter()
-                    .any(|b| l == *b || (b.starts_with("--") && l.starts_with(&format!("{b}="))))
+                if bad.iter().any(|b| l == *b || is_long(l, b))
                     || l.starts_with("-c")
+                    || has_short(l, 'O')
                 {
                     return refuse(l);
                 }
@@ -481,10 +651,11 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                     "--namespace",
                     "-i",
                     "--new-id128",
+                    "--cursor-file",
                 ];
-                if bad
-                    .iter()
-                    .any(|b| l == *b || l.starts_with(&format!("{b}=")))
+                if bad.iter().any(|b| l == *b || is_long(l, b))
+                    || has_short(l, 'D')
+                    || has_short(l, 'i')
                     || l.starts_with("--vacuum")
                 {
                     return refuse(l);
@@ -521,13 +692,26 @@ pub fn check(argv: &[String]) -> Result<(), String> {
         }
         "sort" => {
             for a in args {
-                if a == "-o"
-                    || a.starts_with("--output")
-                    || a.starts_with("--compress-program")
-                    || (a.starts_with('-') && !a.starts_with("--") && a.contains('o'))
+                if ["--output", "--compress-program", "--files0-from"]
+                    .iter()
+                    .any(|b| is_long(a, b))
+                    || has_short(a, 'o')
                 {
                     return refuse(a);
                 }
+            }
+        }
+        // `ip netns exec NS CMD` and `ip vrf exec VRF CMD` run a program,
+        // `ip -batch FILE` runs the commands in a file; ip takes any prefix
+        // of a keyword or option (`ip netns e`, `ip -b`, `ip --ba`).
+        "ip" => {
+            let prefix_of = |a: &str, word: &str| !a.is_empty() && word.starts_with(a);
+            if let Some(a) = args.iter().find(|a| {
+                prefix_of(a, "exec")
+                    || a.strip_prefix('-')
+                        .is_some_and(|o| prefix_of(o.strip_prefix('-').unwrap_or(o), "batch"))
+            }) {
+                return refuse(a);
             }
         }
         "uniq" if args.iter().filter(|a| !a.starts_with('-')).count() > 1 => {
@@ -557,6 +741,28 @@ pub fn check(argv: &[String]) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Whether `arg` is the long option `full` as getopt_long reads it: whole,
+/// with `=VALUE`, or cut short (`--exp` for `--expression`, `--checkpoint-act`
+/// for `--checkpoint-action`): GNU tools and git take any unambiguous
+/// prefix, so an exact comparison let an abbreviation through. Every
+/// prefix counts, which also refuses a harmless option that happens to be
+/// a prefix of a refused one (tar's `--checkpoint`, git's `--text`).
+fn is_long(arg: &str, full: &str) -> bool {
+    let (Some(name), Some(full)) = (arg.strip_prefix("--"), full.strip_prefix("--")) else {
+        return false;
+    };
+    let name = name.split('=').next().unwrap_or(name);
+    !name.is_empty() && full.starts_with(name)
+}
+
+/// Whether `arg` is a bundle of short options holding `-c` (`-rD/dir`,
+/// `-Ovim`): conservative, since a letter in another option's attached
+/// value counts too.
+fn has_short(arg: &str, c: char) -> bool {
+    arg.strip_prefix('-')
+        .is_some_and(|s| !s.starts_with('-') && s.contains(c))
 }
 
 /// git's subcommand, found past the global options, must be one that only
@@ -973,6 +1179,92 @@ mod tests {
             v(&["tail", "-n", "5", "/var/log/a"]),
         ] {
             assert!(check(&ok).is_ok(), "{ok:?} must pass");
+        }
+    }
+
+    /// An option is refused however getopt would read it: abbreviated,
+    /// with `=VALUE`, bundled or with its value attached (the shapes an
+    /// adversarial review found getting past exact comparisons).
+    #[test]
+    fn options_are_read_as_getopt_reads_them() {
+        for bad in [
+            &["sed", "--exp=1e id", "/var/log/a"][..],
+            &["sed", "-n", "--expr", "1e id", "/var/log/a"],
+            &["sed", "-ne", "1e id", "/var/log/a"],
+            &["sed", "--in-pl", "s/a/b/", "/var/log/a"],
+            &["sed", "--fi=/tmp/s", "/var/log/a"],
+            &[
+                "tar",
+                "-tf",
+                "/var/log/a.tar",
+                "--checkpoint=1",
+                "--checkpoint-act=exec=id",
+            ],
+            &["tar", "-tf", "/var/log/a.tar", "--to-comm=sh"],
+            &["tar", "-tf", "/var/log/a.tar", "-T", "/etc/hostname"],
+            &["tar", "-tf", "/var/log/a.tar", "--files-from=/etc/hostname"],
+            &["tar", "tTf", "/etc/hostname", "/var/log/a.tar"],
+            &["sort", "--out=/tmp/x", "/var/log/a"],
+            &["sort", "-uo", "/tmp/x", "/var/log/a"],
+            &["sort", "--compress=sh", "/var/log/a"],
+            &["journalctl", "--rot"],
+            &["journalctl", "--cursor-file=/tmp/x"],
+            &["journalctl", "-D/var/tmp/j"],
+            &["journalctl", "-rD", "/var/tmp/j"],
+            &["journalctl", "--fil=/tmp/j"],
+            &["git", "-C", "/srv/app", "log", "--out=/tmp/x"],
+            &["git", "-C", "/srv/app", "grep", "-Ovim", "x"],
+            &["git", "--exec=/tmp", "log"],
+            &["grep", "--fil=/etc/passwd", "/var/log/a"],
+            &["grep", "--exclude-from=/etc/shadow", "x", "/var/log/a"],
+        ] {
+            assert!(check(&v(bad)).is_err(), "{bad:?} must be refused");
+        }
+        for ok in [
+            &["sed", "-n", "-e", "2p", "/var/log/a"][..],
+            &["sed", "-ne", "2p", "/var/log/a"],
+            &["sed", "--expression=2p", "/var/log/a"],
+            &["sed", "--quiet", "2p", "/var/log/a"],
+            &["sort", "-r", "/var/log/a"],
+            &["journalctl", "-u", "cron", "-n", "5"],
+            &["journalctl", "--follow"],
+            &["tar", "-tvf", "/var/log/a.tar"],
+            &["git", "-C", "/srv/app", "log", "--oneline"],
+            &["grep", "--files-with-matches", "x", "/var/log/a"],
+        ] {
+            assert!(check(&v(ok)).is_ok(), "{ok:?} must pass");
+        }
+    }
+
+    /// Launchers, writers and other names of checked tools that an
+    /// adversarial review found past the tables.
+    #[test]
+    fn wrappers_writers_and_variants_are_known() {
+        for bad in [
+            &["time", "sh", "-c", "id"][..],
+            &["taskset", "1", "sh"],
+            &["podman", "exec", "web", "sh"],
+            &["chrt", "-o", "0", "sh"],
+            &["ip", "netns", "exec", "x", "sh"],
+            &["ip", "netns", "e", "x", "sh"],
+            &["ip", "vrf", "exec", "x", "sh"],
+            &["ip", "-batch", "/tmp/cmds"],
+            &["ip", "--b", "/tmp/cmds"],
+            &["gzip", "/var/log/syslog"],
+            &["ip6tables", "-F"],
+            &["bsdtar", "-xf", "/var/log/a.tar"],
+            &["rgrep", "-f", "/etc/shadow", "/var/log"],
+            &["gsed", "-n", "1e id", "/var/log/a"],
+        ] {
+            assert!(check(&v(bad)).is_err(), "{bad:?} must be refused");
+        }
+        for ok in [
+            &["ip", "addr", "show"][..],
+            &["ip", "-s", "link"],
+            &["bsdtar", "-tf", "/var/log/a.tar"],
+            &["zcat", "/var/log/syslog.2.gz"],
+        ] {
+            assert!(check(&v(ok)).is_ok(), "{ok:?} must pass");
         }
     }
 

@@ -48,7 +48,7 @@ SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat";
 /// spills to temporary files beyond it.
 /// `ulimit` can only lower a limit: where the target's own is lower, it
 /// stands (the error is dropped).
-const LIMITS: &str = "ulimit -t 300 2>/dev/null; ulimit -d 1048576 2>/dev/null;";
+pub const LIMITS: &str = "ulimit -t 300 2>/dev/null; ulimit -d 1048576 2>/dev/null;";
 
 /// Longest pipeline the gate runs.
 const MAX_STAGES: usize = 8;
