@@ -356,13 +356,20 @@ fn gate_allowed(role: &Role, line: &str) -> bool {
         assert!(list.iter().any(|p| p.source() == allowed.rules[i]));
     }
 
-    // The POSIX script is the limits, then what lexes back to the stages,
-    // each under `env -i …`.
+    // The POSIX script is the limits, the path checks, then a pipeline
+    // that lexes back to the stages, each under `env -i …`.
     let script = gate::posix_script(&allowed);
-    let Some(body) = script.strip_prefix(gate::LIMITS) else {
-        panic!("the script for {line:?} does not start with the limits: {script:?}");
-    };
-    let Ok(back) = lex::split(body) else {
+    let body = gate::pipeline(&allowed);
+    assert!(
+        script.starts_with(gate::LIMITS) && script.ends_with(&body),
+        "{script:?}"
+    );
+    assert_eq!(
+        script.matches("realpath -m -- ").count(),
+        2 * allowed.paths.len(),
+        "{script:?}"
+    );
+    let Ok(back) = lex::split(&body) else {
         panic!("the script for {line:?} does not lex: {script:?}");
     };
     assert_eq!(back.len(), allowed.stages.len(), "{script:?}");

@@ -383,6 +383,70 @@ approvals = {{ required = 1, from = ["qa-lead"] }}
     );
 }
 
+/// Paths are matched as text on the bastion; on the target a symlink
+/// inside an allowed folder may lead out of it (Debian's `/var/log/README`
+/// leads into `/usr/share/doc`). Such a path is refused there, before
+/// anything runs; links that stay inside, and an allowed folder that is
+/// itself a link, still read.
+#[test]
+fn a_symlink_out_of_an_allowed_folder_is_refused_on_the_target() {
+    let root = tempfile::tempdir().expect("tmp").keep();
+    let real = root.join("real/app");
+    std::fs::create_dir_all(real.join("sub")).expect("dirs");
+    std::fs::write(real.join("sub/deep.log"), "deep\n").expect("log");
+    std::fs::write(root.join("secret"), "secret-content\n").expect("secret");
+    std::fs::create_dir_all(root.join("elsewhere")).expect("dir");
+    std::fs::write(root.join("elsewhere/x.log"), "elsewhere-content\n").expect("x");
+    let link = |to: &Path, at: &Path| std::os::unix::fs::symlink(to, at).expect("symlink");
+    link(&root.join("secret"), &real.join("escape.log"));
+    link(&root.join("elsewhere"), &real.join("subdir"));
+    link(&real.join("sub/deep.log"), &real.join("inside.log"));
+    // The allowed folder, reached through a link.
+    link(&root.join("real"), &root.join("linked"));
+    let l = root.join("linked/app").display().to_string();
+    let role = format!(
+        r#"[role.ro]
+requestable_by = ["qa"]
+logins = ["qa"]
+targets = ["env=prod"]
+mode = "read-only"
+commands = ["cat {l}/**", "tail -n <int> {l}/**", "less {l}/**"]
+filters = ["wc -l"]
+approvals = {{ required = 1, from = ["qa-lead"] }}
+"#
+    );
+    let b = Bastion::start_with(&role);
+    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
+    let run = |line: String| b.login("alice", &cert, "qa", &["web-1", &line]);
+    for line in [
+        format!("cat {l}/escape.log"),
+        format!("tail -n 1 {l}/escape.log"),
+        format!("less {l}/escape.log"),
+        format!("cat {l}/subdir/x.log"),
+        format!("cat {l}/escape.log | wc -l"),
+    ] {
+        let out = run(line.clone());
+        let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(126), "{line}: {stdout:?} {err:?}");
+        assert!(
+            err.contains("postern: refused: a path leads outside"),
+            "{line}: {err:?}"
+        );
+        assert!(
+            !stdout.contains("content") && !stdout.contains("deep"),
+            "{line}: {stdout:?}"
+        );
+    }
+    for (line, want) in [
+        (format!("cat {l}/inside.log"), "deep\n"),
+        (format!("cat {l}/sub/deep.log"), "deep\n"),
+        (format!("less {l}/inside.log"), "deep\n"),
+    ] {
+        let out = run(line.clone());
+        assert_eq!(text(&out.stdout), want, "{line}: {}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn a_pty_less_is_no_pager_and_bang_does_nothing() {
     let g = gate();

@@ -22,6 +22,9 @@ pub struct Allowed {
     pub stages: Vec<Vec<String>>,
     /// The pattern each stage matched.
     pub rules: Vec<String>,
+    /// Each path argument, with the directory its pattern's glob keeps it
+    /// in: checked on the target once links are followed ([`posix_script`]).
+    pub paths: Vec<(String, String)>,
 }
 
 /// Why the gate refused; shown to the user (escaped) and audited.
@@ -66,6 +69,7 @@ pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
     let mut out = Allowed {
         stages: Vec::new(),
         rules: Vec::new(),
+        paths: Vec::new(),
     };
     for (i, argv) in stages.iter().enumerate() {
         let cmd = argv.first().map(String::as_str).unwrap_or("");
@@ -112,11 +116,15 @@ pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
             }));
         };
         for (tok, arg) in pattern.tokens().iter().zip(&norm) {
-            if matches!(tok, Token::Path(_)) && arg.chars().any(|c| PATH_FORBIDDEN.contains(c)) {
+            let Token::Path(glob) = tok else { continue };
+            if arg.chars().any(|c| PATH_FORBIDDEN.contains(c)) {
                 return Err(Refusal(format!(
                     "{}: path holds a shell metacharacter or space",
                     crate::control::escape(cmd)
                 )));
+            }
+            if let Some(dir) = literal_dir(glob) {
+                out.paths.push((arg.clone(), dir));
             }
         }
         danger::check(&norm).map_err(Refusal)?;
@@ -157,11 +165,60 @@ fn is_assignment(word: &str) -> bool {
     }
 }
 
-/// The POSIX `sh` script for `allowed`: the [`LIMITS`] first, then every
-/// word single-quoted, each stage under the fixed environment, stages
-/// joined by `|`.
+/// The part of a path glob before its first wildcard, the directory (or
+/// file) every path it matches lies in; `None` for one that starts with a
+/// wildcard (`/**`: anywhere).
+fn literal_dir(glob: &str) -> Option<String> {
+    let lit: Vec<&str> = glob
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .take_while(|s| !s.contains('*'))
+        .collect();
+    (!lit.is_empty()).then(|| format!("/{}", lit.join("/")))
+}
+
+/// The check, on the target, that each path argument still lies in its
+/// glob's directory once symlinks are followed (paths are matched as text
+/// on the bastion, and `/var/log/README` on Debian is a link into
+/// `/usr/share/doc`): both are resolved with `realpath -m` and compared
+/// there, and the script stops with status 126 before anything runs if one
+/// lies outside (or `realpath` fails). The directory is resolved too, so a
+/// `/var/log` that is itself a link still works; a path that does not
+/// exist resolves to itself and is left to the command, which says so.
+/// Symlinks that stay inside the directory are followed as before.
+fn path_checks(allowed: &Allowed) -> String {
+    allowed
+        .paths
+        .iter()
+        .map(|(arg, dir)| {
+            format!(
+                "r=$(realpath -m -- {}) && d=$(realpath -m -- {}) && \
+                 case \"$r/\" in \"${{d%/}}\"/*) ;; *) false ;; esac || \
+                 {{ echo 'postern: refused: a path leads outside the allowed paths once its links are followed (or could not be resolved)' >&2; exit 126; }};",
+                lex::quote(arg),
+                lex::quote(dir)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The POSIX `sh` script for `allowed`: the [`LIMITS`] first, then the
+/// path checks, then the [`pipeline`].
 pub fn posix_script(allowed: &Allowed) -> String {
-    let stages = allowed
+    let checks = path_checks(allowed);
+    let stages = pipeline(allowed);
+    if checks.is_empty() {
+        format!("{LIMITS} {stages}")
+    } else {
+        format!("{LIMITS} PATH=/usr/local/bin:/usr/bin:/bin; {checks} {stages}")
+    }
+}
+
+/// The pipeline that runs: every word single-quoted, each stage under the
+/// fixed environment, stages joined by `|` (the end of [`posix_script`]).
+pub fn pipeline(allowed: &Allowed) -> String {
+    allowed
         .stages
         .iter()
         .map(|argv| {
@@ -169,8 +226,7 @@ pub fn posix_script(allowed: &Allowed) -> String {
             format!("{ENV_PREFIX} {}", words.join(" "))
         })
         .collect::<Vec<_>>()
-        .join(" | ");
-    format!("{LIMITS} {stages}")
+        .join(" | ")
 }
 
 /// The command string sent to the target. sshd hands it to the target
