@@ -18,6 +18,33 @@ struct Gate {
     canary: PathBuf,
 }
 
+/// A bastion with one read-only role, `ro`, of these command and filter
+/// patterns (`{l}` in them stands for `dir`), and alice's certificate for it.
+fn read_only(commands: &[&str], filters: &[&str], dir: &str) -> (Bastion, PathBuf) {
+    let list = |ps: &[&str]| {
+        ps.iter()
+            .map(|p| format!("{:?}", p.replace("{l}", dir)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let role = format!(
+        r#"[role.ro]
+requestable_by = ["qa"]
+logins = ["qa"]
+targets = ["env=prod"]
+mode = "read-only"
+commands = [{}]
+filters = [{}]
+approvals = {{ required = 1, from = ["qa-lead"] }}
+"#,
+        list(commands),
+        list(filters)
+    );
+    let b = Bastion::start_with(&role);
+    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
+    (b, cert)
+}
+
 /// A bastion with a read-only role over a log folder in the test dir.
 fn gate() -> Gate {
     let tmp_logs = tempfile::tempdir().expect("tmp").keep();
@@ -30,23 +57,24 @@ fn gate() -> Gate {
     .expect("log");
     std::fs::write(logs.join("sub/deep.log"), "deep\n").expect("log");
     let l = logs.display().to_string();
-    let role = format!(
-        r#"[role.ro]
-requestable_by = ["qa"]
-logins = ["qa"]
-targets = ["env=prod"]
-mode = "read-only"
-commands = [
-  "cat {l}/**", "tail -n <int> {l}/**", "grep <arg> {l}/**", "grep -i <arg> {l}/**",
-  "find {l} -name <arg>", "sed -n <arg> {l}/**", "awk <arg> {l}/**", "less {l}/**",
-  "env", "id", "ls {l}/**", "wc -l {l}/**",
-]
-filters = ["grep <arg>", "head -n <int>", "wc -l", "sort"]
-approvals = {{ required = 1, from = ["qa-lead"] }}
-"#
+    let (b, cert) = read_only(
+        &[
+            "cat {l}/**",
+            "tail -n <int> {l}/**",
+            "grep <arg> {l}/**",
+            "grep -i <arg> {l}/**",
+            "find {l} -name <arg>",
+            "sed -n <arg> {l}/**",
+            "awk <arg> {l}/**",
+            "less {l}/**",
+            "env",
+            "id",
+            "ls {l}/**",
+            "wc -l {l}/**",
+        ],
+        &["grep <arg>", "head -n <int>", "wc -l", "sort"],
+        &l,
     );
-    let b = Bastion::start_with(&role);
-    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
     let canary = tmp_logs.join("canary");
     Gate {
         b,
@@ -331,18 +359,7 @@ fn git_through_the_gate_reads_and_changes_nothing() {
     git(&["commit", "-q", "-m", "first"]);
     std::fs::write(repo.join("f"), "one\nuncommitted\n").expect("f");
     let r = repo.display().to_string();
-    let role = format!(
-        r#"[role.ro]
-requestable_by = ["qa"]
-logins = ["qa"]
-targets = ["env=prod"]
-mode = "read-only"
-commands = ["git -C {r} <word>", "git -C {r} <word> <arg>"]
-approvals = {{ required = 1, from = ["qa-lead"] }}
-"#
-    );
-    let b = Bastion::start_with(&role);
-    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
+    let (b, cert) = read_only(&["git -C {l} <word>", "git -C {l} <word> <arg>"], &[], &r);
     for line in [
         "stash",
         "stash clear",
@@ -404,19 +421,11 @@ fn a_symlink_out_of_an_allowed_folder_is_refused_on_the_target() {
     // The allowed folder, reached through a link.
     link(&root.join("real"), &root.join("linked"));
     let l = root.join("linked/app").display().to_string();
-    let role = format!(
-        r#"[role.ro]
-requestable_by = ["qa"]
-logins = ["qa"]
-targets = ["env=prod"]
-mode = "read-only"
-commands = ["cat {l}/**", "tail -n <int> {l}/**", "less {l}/**"]
-filters = ["wc -l"]
-approvals = {{ required = 1, from = ["qa-lead"] }}
-"#
+    let (b, cert) = read_only(
+        &["cat {l}/**", "tail -n <int> {l}/**", "less {l}/**"],
+        &["wc -l"],
+        &l,
     );
-    let b = Bastion::start_with(&role);
-    let (_id, cert) = b.granted("alice", "ro", "1h", &["bob"]);
     let run = |line: String| b.login("alice", &cert, "qa", &["web-1", &line]);
     for line in [
         format!("cat {l}/escape.log"),
