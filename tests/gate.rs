@@ -338,7 +338,10 @@ fn a_runaway_read_only_command_is_stopped_on_the_target() {
 
 /// git's subcommands are an allowlist: a pattern `git -C REPO <word>`
 /// reads the repository and cannot change it (`stash` took an uncommitted
-/// change out of the working tree before, in an adversarial review).
+/// change out of the working tree before, in an adversarial review), a
+/// path outside it does not turn `diff` into `diff --no-index` of any two
+/// files, and the repository's own config runs nothing (`core.fsmonitor`
+/// and `diff.external` did, in a second review).
 #[test]
 fn git_through_the_gate_reads_and_changes_nothing() {
     let repo = tempfile::tempdir().expect("tmp").keep().join("app");
@@ -358,8 +361,20 @@ fn git_through_the_gate_reads_and_changes_nothing() {
     git(&["add", "f"]);
     git(&["commit", "-q", "-m", "first"]);
     std::fs::write(repo.join("f"), "one\nuncommitted\n").expect("f");
+    let canary = repo.with_file_name("canary");
+    let hook = format!("touch {}; false", canary.display());
+    git(&["config", "core.fsmonitor", &hook]);
+    git(&["config", "diff.external", &hook]);
     let r = repo.display().to_string();
-    let (b, cert) = read_only(&["git -C {l} <word>", "git -C {l} <word> <arg>"], &[], &r);
+    let (b, cert) = read_only(
+        &[
+            "git -C {l} <word>",
+            "git -C {l} <word> <arg>",
+            "git -C {l} <word> <arg> <arg>",
+        ],
+        &[],
+        &r,
+    );
     for line in [
         "stash",
         "stash clear",
@@ -382,6 +397,35 @@ fn git_through_the_gate_reads_and_changes_nothing() {
         );
         assert!(text(&out.stderr).contains("not a read-only one"), "{line}");
     }
+    for line in ["diff /dev/null /etc/passwd", "diff f ../../../etc/passwd"] {
+        let out = b.login(
+            "alice",
+            &cert,
+            "qa",
+            &["web-1", &format!("git -C {r} {line}")],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "{line}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stdout).contains("root:"),
+            "{line} read /etc/passwd"
+        );
+    }
+    let out = b.login(
+        "alice",
+        &cert,
+        "qa",
+        &["web-1", &format!("git -C {r} status")],
+    );
+    assert!(
+        text(&out.stdout).contains("modified:"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(
         std::fs::read_to_string(repo.join("f")).expect("f"),
         "one\nuncommitted\n",
@@ -398,6 +442,7 @@ fn git_through_the_gate_reads_and_changes_nothing() {
         "{}",
         text(&out.stderr)
     );
+    assert!(!canary.exists(), "the repository's config ran a program");
 }
 
 /// Paths are matched as text on the bastion; on the target a symlink

@@ -183,7 +183,8 @@ fn sed_runs_sandboxed_behind_the_checker() {
 fn gated_commands_run_under_limits() {
     let r = role();
     let allowed = gate::check(&r, "id").expect("allowed");
-    let script = gate::posix_script(&allowed).replace("'id'", "sh -c 'ulimit -t; ulimit -d'");
+    let script =
+        gate::posix_script(&allowed).replace("'id'", "sh -c 'ulimit -t; ulimit -d; ulimit -f'");
     let out = Command::new("sh")
         .arg("-c")
         .arg(&script)
@@ -191,7 +192,7 @@ fn gated_commands_run_under_limits() {
         .expect("sh");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "300\n1048576\n",
+        "300\n1048576\n0\n",
         "{script}"
     );
 }

@@ -164,6 +164,19 @@ const RUNS_CODE: &[&str] = &[
     "java",
     "gcc",
     "cc",
+    // Found by a second review: personality and session launchers, and
+    // coredumpctl (its `debug` runs gdb).
+    "setarch",
+    "linux32",
+    "linux64",
+    "i386",
+    "x86_64",
+    "uname26",
+    "systemd-cat",
+    "systemd-inhibit",
+    "coredumpctl",
+    "flatpak",
+    "snap",
 ];
 
 /// Pagers and editors: they run commands (`!cmd`, `:!`) and must never run
@@ -309,6 +322,16 @@ const WRITES: &[&str] = &[
     "dnf",
     "zypper",
     "apk",
+    // Found by a second review: `xxd IN OUT` writes OUT, the others delete,
+    // rename, create or reprioritise.
+    "xxd",
+    "unlink",
+    "link",
+    "mktemp",
+    "uncompress",
+    "rename",
+    "rename.ul",
+    "renice",
 ];
 
 /// The names a program is known by in the tables: the basename, and that
@@ -450,8 +473,16 @@ pub fn check(argv: &[String]) -> Result<(), String> {
         "find" => {
             for a in args {
                 if [
-                    "-exec", "-execdir", "-ok", "-okdir", "-delete", "-fprint", "-fprint0",
-                    "-fprintf", "-fls",
+                    "-exec",
+                    "-execdir",
+                    "-ok",
+                    "-okdir",
+                    "-delete",
+                    "-fprint",
+                    "-fprint0",
+                    "-fprintf",
+                    "-fls",
+                    "-files0-from",
                 ]
                 .contains(&a.as_str())
                 {
@@ -561,13 +592,15 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                     "--overwrite",
                     "--files-from",
                     "--exclude-from",
+                    "--catenate",
+                    "--concatenate",
                 ];
                 if long_bad.iter().any(|b| is_long(l, b)) {
                     return refuse(l);
                 }
                 if l.starts_with('-')
                     && !l.starts_with("--")
-                    && l.contains(['I', 'F', 'x', 'c', 'r', 'u', 'g', 'T', 'X'])
+                    && l.contains(['I', 'F', 'x', 'c', 'r', 'u', 'g', 'T', 'X', 'A'])
                 {
                     return refuse(l);
                 }
@@ -575,7 +608,7 @@ pub fn check(argv: &[String]) -> Result<(), String> {
             // Old-style first argument ("xf") counts as options too.
             if let Some(first) = args.first() {
                 if !first.starts_with('-')
-                    && first.contains(['x', 'c', 'r', 'u', 'I', 'F', 'g', 'T', 'X'])
+                    && first.contains(['x', 'c', 'r', 'u', 'I', 'F', 'g', 'T', 'X', 'A'])
                 {
                     return refuse(first);
                 }
@@ -619,10 +652,13 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                     "hook",
                     "credential",
                     "-u",
+                    "--no-index",
+                    "--contents",
                 ];
                 if bad.iter().any(|b| l == *b || is_long(l, b))
                     || l.starts_with("-c")
                     || has_short(l, 'O')
+                    || has_short(l, 'f')
                 {
                     return refuse(l);
                 }
@@ -677,6 +713,8 @@ pub fn check(argv: &[String]) -> Result<(), String> {
                 ]
                 .iter()
                 .any(|b| l == *b || l.starts_with(&format!("{b}=")))
+                    || has_short(l, 'f')
+                    || has_short(l, 'L')
                 {
                     return refuse(l);
                 }
@@ -692,9 +730,14 @@ pub fn check(argv: &[String]) -> Result<(), String> {
         }
         "sort" => {
             for a in args {
-                if ["--output", "--compress-program", "--files0-from"]
-                    .iter()
-                    .any(|b| is_long(a, b))
+                if [
+                    "--output",
+                    "--compress-program",
+                    "--files0-from",
+                    "--random-source",
+                ]
+                .iter()
+                .any(|b| is_long(a, b))
                     || has_short(a, 'o')
                 {
                     return refuse(a);
@@ -718,11 +761,18 @@ pub fn check(argv: &[String]) -> Result<(), String> {
             return refuse("a second operand (output file)");
         }
         "systemctl" => {
-            let verb = args
-                .iter()
-                .find(|a| !a.starts_with('-'))
-                .map(String::as_str)
-                .unwrap_or("");
+            if let Some(a) = args.iter().find(|a| {
+                is_long(a, "--host")
+                    || is_long(a, "--machine")
+                    || has_short(a, 'H')
+                    || has_short(a, 'M')
+            }) {
+                return refuse(a);
+            }
+            let verb = match systemctl_verb(args) {
+                Ok(verb) => verb,
+                Err(why) => return refuse(&why),
+            };
             let ok = verb.is_empty()
                 || [
                     "status",
@@ -765,6 +815,66 @@ fn has_short(arg: &str, c: char) -> bool {
         .is_some_and(|s| !s.starts_with('-') && s.contains(c))
 }
 
+/// systemctl's verb: the first word that is neither an option nor the
+/// value of one (`systemctl -p status stop nginx` stops nginx: `status` is
+/// `-p`'s value). An option the gate does not know is refused before the
+/// verb, since whether it takes a value decides which word is the verb;
+/// so are `-H`/`--host` and `-M`/`--machine`, which reach other machines
+/// (over ssh) and containers.
+fn systemctl_verb(args: &[String]) -> Result<&str, String> {
+    const VALUE: &[&str] = &[
+        "-p",
+        "--property",
+        "-P",
+        "-t",
+        "--type",
+        "--state",
+        "-n",
+        "--lines",
+        "-o",
+        "--output",
+    ];
+    const FLAG: &[&str] = &[
+        "--no-pager",
+        "-l",
+        "--full",
+        "-a",
+        "--all",
+        "-r",
+        "--recursive",
+        "--user",
+        "--system",
+        "-q",
+        "--quiet",
+        "--no-legend",
+        "--plain",
+        "--value",
+        "--failed",
+        "--reverse",
+        "--after",
+        "--before",
+        "--with-dependencies",
+        "--show-types",
+        "--no-ask-password",
+    ];
+    let mut i = 0;
+    while let Some(a) = args.get(i) {
+        let a = a.as_str();
+        if VALUE.contains(&a) {
+            i += 2;
+        } else if FLAG.contains(&a) || VALUE.iter().any(|v| a.starts_with(&format!("{v}="))) {
+            i += 1;
+        } else if a.starts_with('-') {
+            return Err(format!(
+                "the option {a} before the verb (not known to the gate)"
+            ));
+        } else {
+            return Ok(a);
+        }
+    }
+    Ok("")
+}
+
 /// git's subcommand, found past the global options, must be one that only
 /// reads: an allowlist, as for systemctl's verbs, because the subcommands
 /// that change a repository are many (`stash`, `reset`, `checkout`, `rm`,
@@ -775,18 +885,6 @@ fn has_short(arg: &str, c: char) -> bool {
 /// the subcommand: whether it takes a value decides which word is the
 /// subcommand.
 fn git_subcommand_is_read_only(args: &[String]) -> Result<(), String> {
-    const VALUE: &[&str] = &["-C", "--namespace"];
-    const FLAG: &[&str] = &[
-        "--no-pager",
-        "-P",
-        "--no-replace-objects",
-        "--literal-pathspecs",
-        "--glob-pathspecs",
-        "--noglob-pathspecs",
-        "--icase-pathspecs",
-        "--no-optional-locks",
-        "--bare",
-    ];
     const READ_ONLY: &[&str] = &[
         "log",
         "show",
@@ -815,22 +913,59 @@ fn git_subcommand_is_read_only(args: &[String]) -> Result<(), String> {
         "whatchanged",
         "version",
     ];
+    let Some(i) = git_subcommand_at(args)? else {
+        return Ok(());
+    };
+    let a = args[i].as_str();
+    if !READ_ONLY.contains(&a) {
+        return Err(format!("the subcommand {a} (not a read-only one)"));
+    }
+    // A path outside the working tree turns `git diff A B` into
+    // `git diff --no-index A B`, which reads any two files.
+    let rest = args.get(i + 1..).unwrap_or_default();
+    if let Some(p) = rest
+        .iter()
+        .find(|p| !p.starts_with('-') && (p.starts_with('/') || p.split('/').any(|c| c == "..")))
+    {
+        return Err(format!("the path {p} (outside the repository)"));
+    }
+    Ok(())
+}
+
+/// git's global options the gate knows: those that take the next word as
+/// their value, and those that take none.
+const GIT_VALUE: &[&str] = &["-C", "--namespace"];
+const GIT_FLAG: &[&str] = &[
+    "--no-pager",
+    "-P",
+    "--no-replace-objects",
+    "--literal-pathspecs",
+    "--glob-pathspecs",
+    "--noglob-pathspecs",
+    "--icase-pathspecs",
+    "--no-optional-locks",
+    "--bare",
+];
+
+/// Where git's subcommand is in `args` (git's arguments), past the global
+/// options; `None` if there is none. A global option the gate does not
+/// know is refused: whether it takes a value decides which word is the
+/// subcommand.
+fn git_subcommand_at(args: &[String]) -> Result<Option<usize>, String> {
     let mut i = 0;
     while let Some(a) = args.get(i) {
         let a = a.as_str();
-        if VALUE.contains(&a) {
+        if GIT_VALUE.contains(&a) {
             i += 2;
-        } else if FLAG.contains(&a) || a.starts_with("--namespace=") {
+        } else if GIT_FLAG.contains(&a) || a.starts_with("--namespace=") {
             i += 1;
         } else if a.starts_with('-') {
             return Err(format!("the global option {a} (not known to the gate)"));
-        } else if READ_ONLY.contains(&a) {
-            return Ok(());
         } else {
-            return Err(format!("the subcommand {a} (not a read-only one)"));
+            return Ok(Some(i));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// awk text (program or assignment) without code execution, file or pipe
@@ -892,7 +1027,7 @@ pub fn sed_script_is_safe(script: &str) -> Result<(), String> {
     // its `e` flag for part of an address). So a bracket expression is
     // accepted only where every reading agrees on where it ends: with
     // neither the delimiter nor a backslash inside it. (sed runs with
-    // `--sandbox` as well: [`sandbox_flag`].)
+    // `--sandbox` as well: [`hardened`].)
     let delimited = |i: &mut usize, d: char| -> Result<(), String> {
         while *i < n {
             if c[*i] == '\\' {
@@ -1023,14 +1158,38 @@ fn bracket_end(c: &[char], open: usize) -> Option<usize> {
     }
 }
 
-/// The option that puts `cmd` in its own sandbox, if it has one the gate
-/// adds to every run: GNU sed's `--sandbox` refuses the `e`, `w` and `r`
-/// commands and flags whatever the checker above made of the script (a
-/// second wall behind [`sed_script_is_safe`], which re-reads a language
-/// the tool itself reads best). A sed without it (busybox) refuses to
-/// start: the command fails closed.
-pub fn sandbox_flag(cmd: &str) -> Option<&'static str> {
-    (tool(cmd) == "sed").then_some("--sandbox")
+/// `argv` (checked) with the options the gate adds to every run of its
+/// tool, each a second wall behind a check above:
+/// - sed: `--sandbox`, so GNU sed itself refuses the `e`, `w` and `r`
+///   commands and flags whatever [`sed_script_is_safe`] made of the script
+///   (it re-reads a language the tool reads best). A sed without it
+///   (busybox) refuses to start: the command fails closed.
+/// - git diff, log, show, whatchanged: `--no-ext-diff --no-textconv`, and
+///   blame, annotate: `--no-textconv`, so that the repository's config
+///   (`diff.external`, `diff.<driver>.textconv`) runs no program.
+pub fn hardened(mut argv: Vec<String>) -> Vec<String> {
+    let Some(cmd) = argv.first() else {
+        return argv;
+    };
+    let (at, add): (usize, &[&str]) = match tool(cmd).as_str() {
+        "sed" => (1, &["--sandbox"]),
+        "git" => {
+            let Ok(Some(sub)) = git_subcommand_at(argv.get(1..).unwrap_or_default()) else {
+                return argv;
+            };
+            let add: &[&str] = match argv[sub + 1].as_str() {
+                "diff" | "log" | "show" | "whatchanged" => &["--no-ext-diff", "--no-textconv"],
+                "blame" | "annotate" => &["--no-textconv"],
+                _ => &[],
+            };
+            (sub + 2, add)
+        }
+        _ => (1, &[]),
+    };
+    for (k, a) in add.iter().enumerate() {
+        argv.insert(at + k, a.to_string());
+    }
+    argv
 }
 
 #[cfg(test)]
@@ -1114,10 +1273,37 @@ mod tests {
     }
 
     #[test]
-    fn sed_runs_in_its_sandbox() {
-        assert_eq!(sandbox_flag("sed"), Some("--sandbox"));
-        assert_eq!(sandbox_flag("/usr/bin/sed"), Some("--sandbox"));
-        assert_eq!(sandbox_flag("grep"), None);
+    fn the_gate_adds_its_second_walls() {
+        let h = |a: &[&str]| hardened(v(a));
+        assert_eq!(
+            h(&["sed", "-n", "1p", "/f"]),
+            v(&["sed", "--sandbox", "-n", "1p", "/f"])
+        );
+        assert_eq!(
+            h(&["/usr/bin/gsed", "1p"]),
+            v(&["/usr/bin/gsed", "--sandbox", "1p"])
+        );
+        assert_eq!(h(&["grep", "x", "/f"]), v(&["grep", "x", "/f"]));
+        assert_eq!(
+            h(&["git", "-C", "/r", "diff", "HEAD"]),
+            v(&[
+                "git",
+                "-C",
+                "/r",
+                "diff",
+                "--no-ext-diff",
+                "--no-textconv",
+                "HEAD"
+            ])
+        );
+        assert_eq!(
+            h(&["git", "--no-pager", "blame", "f"]),
+            v(&["git", "--no-pager", "blame", "--no-textconv", "f"])
+        );
+        assert_eq!(
+            h(&["git", "-C", "/r", "status"]),
+            v(&["git", "-C", "/r", "status"])
+        );
     }
 
     #[test]
@@ -1263,6 +1449,71 @@ mod tests {
             &["ip", "-s", "link"],
             &["bsdtar", "-tf", "/var/log/a.tar"],
             &["zcat", "/var/log/syslog.2.gz"],
+        ] {
+            assert!(check(&v(ok)).is_ok(), "{ok:?} must pass");
+        }
+    }
+
+    /// What a second adversarial review found past the first round's fixes.
+    #[test]
+    fn the_second_reviews_findings_are_refused() {
+        for bad in [
+            &["setarch", "x86_64", "awk", "BEGIN{system(\"id\")}"][..],
+            &["linux64", "sed", "e touch /tmp/x", "/etc/hostname"],
+            &["xxd", "/var/log/a", "/var/log/b"],
+            &["unlink", "/var/log/a"],
+            &["coredumpctl", "debug"],
+            &["git", "-C", "/srv/app", "diff", "/dev/null", "/etc/passwd"],
+            &["git", "-C", "/srv/app", "diff", "f", "../../etc/passwd"],
+            &["git", "-C", "/srv/app", "diff", "--no-index", "a", "b"],
+            &[
+                "git",
+                "-C",
+                "/srv/app",
+                "blame",
+                "--contents",
+                "/etc/passwd",
+                "f",
+            ],
+            &["git", "-C", "/srv/app", "grep", "-f", "/etc/passwd"],
+            &["tar", "-Af", "/var/log/a.tar", "/var/log/b.tar"],
+            &[
+                "tar",
+                "--catenate",
+                "-f",
+                "/var/log/a.tar",
+                "/var/log/b.tar",
+            ],
+            &["tar", "--concat", "-f", "/var/log/a.tar", "/var/log/b.tar"],
+            &["jq", "-nf", "/etc/passwd"],
+            &["jq", "-L/tmp", "."],
+            &["sort", "--random-source", "/etc/shadow", "/var/log/a"],
+            &["find", "-files0-from", "/tmp/list"],
+            &["systemctl", "-H", "root@db", "status"],
+            &["systemctl", "--host=root@db", "status"],
+            &["systemctl", "-M", "web", "status"],
+            &["systemctl", "status", "nginx", "-H", "root@db"],
+            &["systemctl", "status", "nginx", "--mach=web"],
+            &["systemctl", "-p", "status", "stop", "nginx"],
+            &["systemctl", "-t", "status", "stop", "nginx"],
+        ] {
+            assert!(check(&v(bad)).is_err(), "{bad:?} must be refused");
+        }
+        for ok in [
+            &["systemctl", "status", "nginx"][..],
+            &["systemctl", "--no-pager", "-l", "status", "nginx"],
+            &["systemctl", "-p", "ActiveState", "show", "nginx"],
+            &["systemctl", "--type=service", "list-units"],
+            &["git", "-C", "/srv/app", "log", "HEAD~3..HEAD"],
+            &[
+                "git",
+                "-C",
+                "/srv/app",
+                "diff",
+                "HEAD~1",
+                "--",
+                "src/main.rs",
+            ],
         ] {
             assert!(check(&v(ok)).is_ok(), "{ok:?} must pass");
         }

@@ -34,9 +34,19 @@ pub struct Refusal(pub String);
 
 /// The environment every gated command runs with: no pager, no colours,
 /// nothing from the client.
+///
+/// For git: no optional index writes (`git status` refreshes the index
+/// otherwise), and the repository's own config cannot make `status` or
+/// `diff` run its `core.fsmonitor` program, or hooks run: `GIT_CONFIG_*`
+/// entries outrank the repository's (a second review ran a program from
+/// a repository's `.git/config`). `diff.external` cannot be unset this way
+/// (an empty value makes every diff fail), so diffs get `--no-ext-diff`
+/// instead ([`danger::hardened`]).
 const ENV_PREFIX: &str =
     "env -i PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 TERM=dumb PAGER=cat \
-SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat";
+SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat \
+GIT_OPTIONAL_LOCKS=0 GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=core.fsmonitor GIT_CONFIG_VALUE_0=false \
+GIT_CONFIG_KEY_1=core.hooksPath GIT_CONFIG_VALUE_1=/dev/null";
 
 /// Limits every gated command runs under, per process: CPU seconds and
 /// KiB of data (heap and other private memory; file mappings, which
@@ -51,7 +61,8 @@ SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat";
 /// spills to temporary files beyond it.
 /// `ulimit` can only lower a limit: where the target's own is lower, it
 /// stands (the error is dropped).
-pub const LIMITS: &str = "ulimit -t 300 2>/dev/null; ulimit -d 1048576 2>/dev/null;";
+pub const LIMITS: &str =
+    "ulimit -t 300 2>/dev/null; ulimit -d 1048576 2>/dev/null; ulimit -f 0 2>/dev/null;";
 
 /// Longest pipeline the gate runs.
 const MAX_STAGES: usize = 8;
@@ -141,12 +152,8 @@ pub fn check(role: &Role, line: &str) -> Result<Allowed, Refusal> {
                 .chain(std::iter::once("--".to_string()))
                 .chain(files)
                 .collect()
-        } else if let Some(flag) = danger::sandbox_flag(cmd) {
-            let mut argv = norm;
-            argv.insert(1, flag.to_string());
-            argv
         } else {
-            norm
+            danger::hardened(norm)
         };
         out.stages.push(runs);
         out.rules.push(pattern.source().to_string());
