@@ -48,17 +48,19 @@ SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 LESSSECURE=1 GIT_PAGER=cat MANPAGER=cat \
 GIT_OPTIONAL_LOCKS=0 GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=core.fsmonitor GIT_CONFIG_VALUE_0=false \
 GIT_CONFIG_KEY_1=core.hooksPath GIT_CONFIG_VALUE_1=/dev/null";
 
-/// Limits every gated command runs under, per process: CPU seconds and
-/// KiB of data (heap and other private memory; file mappings, which
-/// journalctl and git make large, do not count). Read-only tools can still
+/// Limits every gated command runs under, per process: CPU seconds, KiB
+/// of data (heap and other private memory; file mappings, which journalctl
+/// and git make large, do not count), and no regular file may grow (`-f
+/// 0`: a third wall against writes; pipes and the channel are not files).
+/// Read-only tools can still
 /// loop or grow without end (`sed -n 'G;D'` never stops, `sed -n 'H;G;D'`
 /// doubles its memory every line, `awk 'BEGIN{while(1);}'`), and a
 /// command that writes nothing runs on after its session has gone, since
 /// only a write to the closed channel would stop it. Five minutes of CPU
 /// is generous for reading: on the benchmark machine grep went through
 /// 256 MiB of log in 0.25 CPU s and awk in 0.4, so 300 s is a grep
-/// through some 300 GiB. GNU sort sizes its buffer to the data limit and
-/// spills to temporary files beyond it.
+/// through some 300 GiB. GNU sort sizes its buffer to the data limit; a
+/// sort larger than that fails instead of filling `/tmp` with its spill.
 /// `ulimit` can only lower a limit: where the target's own is lower, it
 /// stands (the error is dropped).
 pub const LIMITS: &str =
